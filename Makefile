@@ -1,0 +1,27 @@
+# `make serve`: set up and run the service on the default model (the tiny twin unless
+# COSYVOICE_MODEL_DIR names a real model directory). `make test`: set up and run the tests.
+.PHONY: setup serve test test-slow lint bench
+
+VENV := .venv/bin
+
+setup: .venv/.installed
+
+.venv/.installed: pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+	touch $@
+
+serve: setup
+	$(VENV)/serve run serve_config.yaml
+
+test: setup
+	$(VENV)/ruff check .
+	$(VENV)/python -m pytest tests
+
+test-slow: setup
+	$(VENV)/python -m pytest tests -m slow
+
+lint: setup
+	$(VENV)/ruff check .
+
+bench: setup
+	$(VENV)/cosyvoice-serve bench

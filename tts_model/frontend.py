@@ -1,0 +1,213 @@
+"""CosyVoice2's text and voice front end: what turns text and prompt audio into model inputs.
+
+Upstream's `CosyVoiceFrontEnd` in the installed `cosyvoice` package has its text normalisation
+commented out, so normalisation here uses wetext (the offline WeTextProcessing port upstream
+falls back to) and upstream's own splitting helpers. Feature extraction follows upstream's
+recipe step by step: 16 kHz prompt -> whisper log-mel -> speech tokenizer ONNX; kaldi fbank ->
+campplus ONNX -> speaker embedding; 24 kHz resample -> the model's mel extractor.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+
+from tts_model import matcha_compat  # noqa: F401
+
+PROMPT_SAMPLE_RATE = 16000
+#: The speech tokenizer's limit on prompt audio.
+MAX_PROMPT_SECONDS = 30.0
+MIN_PROMPT_SECONDS = 0.5
+#: Separates an instruction from the text in CosyVoice2's instruct mode.
+END_OF_PROMPT = "<|endofprompt|>"
+EMBEDDING_DIM = 192
+MEL_BINS = 80
+
+
+class FrontendError(ValueError):
+    """Input the front end cannot turn into model inputs (the API answers 400)."""
+
+
+@dataclass
+class VoiceFeatures:
+    """A voice's model features, computed once from its prompt audio.
+
+    Arrays are numpy so they travel cheaply between Ray processes and persist as Parquet.
+    """
+
+    #: Speech tokens of the prompt audio (25 per second), int32.
+    speech_token: np.ndarray
+    #: 24 kHz log-mel of the prompt audio, [2 * len(speech_token), 80], float32.
+    speech_feat: np.ndarray
+    #: Speaker embedding (campplus), [192], float32.
+    embedding: np.ndarray
+    #: Tokens of the prompt transcript, normalised as upstream does; empty without a transcript.
+    prompt_text_token: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+
+    @classmethod
+    def embedding_only(cls, embedding: np.ndarray) -> VoiceFeatures:
+        """A speaker known only by its embedding (CosyVoice1-style `spk2info` entries)."""
+        return cls(speech_token=np.zeros(0, dtype=np.int32), speech_feat=np.zeros((0, MEL_BINS), dtype=np.float32),
+                   embedding=np.asarray(embedding, dtype=np.float32).reshape(EMBEDDING_DIM))
+
+    @classmethod
+    def from_spk2info(cls, entry: dict[str, Any]) -> VoiceFeatures:
+        """Read an upstream `spk2info.pt` entry (sft-only or full zero-shot speaker)."""
+        embedding = entry.get("flow_embedding", entry.get("embedding"))
+        if embedding is None:
+            raise FrontendError("speaker entry has no embedding")
+        if "flow_prompt_speech_token" not in entry:
+            return cls.embedding_only(_numpy(embedding))
+        return cls(speech_token=_numpy(entry["flow_prompt_speech_token"]).astype(np.int32).reshape(-1),
+                   speech_feat=_numpy(entry["prompt_speech_feat"]).astype(np.float32).reshape(-1, MEL_BINS),
+                   embedding=_numpy(embedding).astype(np.float32).reshape(EMBEDDING_DIM),
+                   prompt_text_token=_numpy(entry.get("prompt_text", torch.zeros(0))).astype(np.int32).reshape(-1))
+
+    def to_spk2info(self) -> dict[str, torch.Tensor]:
+        """The upstream `spk2info.pt` entry for this voice (usable in sft, zero-shot and instruct)."""
+        tokens = torch.from_numpy(self.speech_token).reshape(1, -1)
+        feat = torch.from_numpy(self.speech_feat).unsqueeze(0)
+        text = torch.from_numpy(self.prompt_text_token).reshape(1, -1)
+        embedding = torch.from_numpy(self.embedding).reshape(1, -1)
+        return {"prompt_text": text, "prompt_text_len": torch.tensor([text.shape[1]], dtype=torch.int32),
+                "llm_prompt_speech_token": tokens, "llm_prompt_speech_token_len": torch.tensor([tokens.shape[1]]),
+                "flow_prompt_speech_token": tokens, "flow_prompt_speech_token_len": torch.tensor([tokens.shape[1]]),
+                "prompt_speech_feat": feat, "prompt_speech_feat_len": torch.tensor([feat.shape[1]]),
+                "llm_embedding": embedding, "flow_embedding": embedding, "embedding": embedding}
+
+    @property
+    def has_prompt_speech(self) -> bool:
+        return self.speech_token.size > 0
+
+
+def _numpy(value: Any) -> np.ndarray:
+    return value.detach().cpu().float().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+class TextFrontend:
+    """Normalises, splits and tokenises text with the model's Qwen tokenizer."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self._normalizers: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, allowed_special="all"))
+
+    def _normalizer(self, lang: str) -> Any:
+        with self._lock:
+            if lang not in self._normalizers:
+                from wetext import Normalizer
+
+                self._normalizers[lang] = Normalizer(lang=lang, operator="tn")
+            return self._normalizers[lang]
+
+    def normalize(self, text: str, split: bool = True) -> list[str]:
+        """Upstream's `text_normalize` with wetext: normalise, then split into model-sized segments."""
+        from cosyvoice.utils.frontend_utils import (
+            contains_chinese,
+            is_only_punctuation,
+            remove_bracket,
+            replace_blank,
+            replace_corner_mark,
+            split_paragraph,
+        )
+
+        text = text.strip()
+        if not text:
+            return []
+        tokenize = partial(self.tokenizer.encode, allowed_special="all")
+        if contains_chinese(text):
+            text = self._normalizer("zh").normalize(text)
+            text = text.replace("\n", "")
+            text = replace_blank(text)
+            text = replace_corner_mark(text)
+            text = text.replace(".", "。")
+            text = text.replace(" - ", "，")
+            text = remove_bracket(text)
+            text = re.sub(r"[，,、]+$", "。", text)
+            lang = "zh"
+        else:
+            text = self._normalizer("en").normalize(text)
+            lang = "en"
+        if not split:
+            return [text]
+        segments = split_paragraph(text, tokenize, lang, token_max_n=80, token_min_n=60, merge_len=20,
+                                   comma_split=False)
+        return [segment for segment in segments if segment.strip() and not is_only_punctuation(segment)]
+
+
+class VoiceFeatureExtractor:
+    """Computes a voice's model features from its prompt audio with the model's ONNX networks."""
+
+    def __init__(self, model: Any):
+        self.speech_tokenizer = model.speech_tokenizer
+        self.campplus = model.campplus
+        self.feat_extractor = model.feat_extractor
+        self.sample_rate = model.sample_rate
+        self.token_mel_ratio = model.token_mel_ratio
+
+    @staticmethod
+    def to_prompt_rate(waveform: np.ndarray, sample_rate: int) -> torch.Tensor:
+        """Mono float waveform at any rate -> [1, T] at 16 kHz, checked against the prompt limits."""
+        import torchaudio.functional as AF
+
+        audio = torch.as_tensor(np.asarray(waveform, dtype=np.float32))
+        if audio.ndim == 2:  # [T, channels] as soundfile returns
+            audio = audio.mean(dim=1)
+        audio = audio.reshape(1, -1)
+        seconds = audio.shape[1] / sample_rate
+        if seconds < MIN_PROMPT_SECONDS:
+            raise FrontendError(f"prompt audio is {seconds:.2f} s long; at least {MIN_PROMPT_SECONDS} s is needed")
+        if seconds > MAX_PROMPT_SECONDS:
+            raise FrontendError(f"prompt audio is {seconds:.2f} s long; at most {MAX_PROMPT_SECONDS:.0f} s is allowed")
+        if not torch.isfinite(audio).all():
+            raise FrontendError("prompt audio contains non-finite samples")
+        if float(audio.abs().max()) < 1e-4:
+            raise FrontendError("prompt audio is silent")
+        if sample_rate != PROMPT_SAMPLE_RATE:
+            audio = AF.resample(audio, sample_rate, PROMPT_SAMPLE_RATE)
+        return audio
+
+    def speech_tokens(self, speech_16k: torch.Tensor) -> np.ndarray:
+        import whisper
+
+        feat = whisper.log_mel_spectrogram(speech_16k, n_mels=128)
+        inputs = self.speech_tokenizer.get_inputs()
+        tokens = self.speech_tokenizer.run(None, {inputs[0].name: feat.detach().cpu().numpy(),
+                                                  inputs[1].name: np.array([feat.shape[2]], dtype=np.int32)})[0]
+        return np.asarray(tokens, dtype=np.int32).reshape(-1)
+
+    def speaker_embedding(self, speech_16k: torch.Tensor) -> np.ndarray:
+        import torchaudio.compliance.kaldi as kaldi
+
+        feat = kaldi.fbank(speech_16k, num_mel_bins=80, dither=0, sample_frequency=PROMPT_SAMPLE_RATE)
+        feat = feat - feat.mean(dim=0, keepdim=True)
+        embedding = self.campplus.run(None, {self.campplus.get_inputs()[0].name: feat.unsqueeze(0).cpu().numpy()})[0]
+        return np.asarray(embedding, dtype=np.float32).reshape(EMBEDDING_DIM)
+
+    def speech_feat(self, speech_16k: torch.Tensor) -> np.ndarray:
+        import torchaudio
+
+        resampled = torchaudio.transforms.Resample(orig_freq=PROMPT_SAMPLE_RATE, new_freq=self.sample_rate)(speech_16k)
+        feat = self.feat_extractor(resampled).squeeze(0).transpose(0, 1)
+        return feat.detach().cpu().numpy().astype(np.float32)
+
+    def extract(self, speech_16k: torch.Tensor, prompt_text_token: list[int] | None = None) -> VoiceFeatures:
+        """All features of one prompt, with mel frames and tokens aligned as CosyVoice2 needs."""
+        feat = self.speech_feat(speech_16k)
+        tokens = self.speech_tokens(speech_16k)
+        # CosyVoice2 needs exactly token_mel_ratio mel frames per speech token.
+        token_len = min(feat.shape[0] // self.token_mel_ratio, tokens.shape[0])
+        if token_len == 0:
+            raise FrontendError("prompt audio is too short to yield speech tokens")
+        return VoiceFeatures(speech_token=tokens[:token_len], speech_feat=feat[:self.token_mel_ratio * token_len],
+                             embedding=self.speaker_embedding(speech_16k),
+                             prompt_text_token=np.asarray(prompt_text_token or [], dtype=np.int32))
