@@ -22,8 +22,14 @@ import torch
 
 from tts_model import matcha_compat  # noqa: F401
 from tts_model.frontend import EMBEDDING_DIM, MEL_BINS, PROMPT_SAMPLE_RATE, TextFrontend, VoiceFeatureExtractor
-from tts_model.loader import CONFIG_NAME, QWEN_DIR_NAME, SPK2INFO_NAME, load_model, qwen_from_config_only, \
-    select_sections
+from tts_model.loader import (
+    CONFIG_NAME,
+    QWEN_DIR_NAME,
+    SPK2INFO_NAME,
+    load_model,
+    qwen_from_config_only,
+    select_sections,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -161,12 +167,17 @@ def make_twin(out_dir: str | Path, size: TwinSize = "tiny", seed: int = 0) -> Pa
     (out / CONFIG_NAME).write_text(yaml_text, encoding="utf-8")
     qwen_config = _write_qwen_dir(out / QWEN_DIR_NAME, size)
 
-    torch.manual_seed(seed)
-    with qwen_from_config_only():
-        modules = load_hyperpyyaml(select_sections(yaml_text, ["llm", "flow", "hift"]),
-                                   overrides={"qwen_pretrain_path": str(out / QWEN_DIR_NAME)})
+    modules = {}
+    for index, section in enumerate(("llm", "flow", "hift")):
+        # Seed each module on its own: building the flow resets torch's global seed to 0
+        # (upstream's CausalConditionalCFM does), which would make later modules seed-independent.
+        torch.manual_seed(seed * 1000 + index)
+        with qwen_from_config_only():
+            modules[section] = load_hyperpyyaml(select_sections(yaml_text, [section]),
+                                                overrides={"qwen_pretrain_path": str(out / QWEN_DIR_NAME)})[section]
     llm, flow, hift = modules["llm"], modules["flow"], modules["hift"]
     # The skeleton Qwen has uninitialised weights; give it a seeded random initialisation.
+    torch.manual_seed(seed * 1000 + 3)
     qwen = Qwen2ForCausalLM(Qwen2Config(**qwen_config))
     llm.llm.model = qwen
     with torch.no_grad():
@@ -204,7 +215,8 @@ def _write_pretrained_speakers(out: Path, seed: int) -> None:
     speakers = {}
     for speaker_id, (prompt_text, f0) in PRETRAINED_SPEAKERS.items():
         speech = torch.from_numpy(_synthetic_prompt(3.0, f0, rng)).unsqueeze(0)
-        features = extractor.extract(speech, text_frontend.tokenize(text_frontend.normalize(prompt_text, split=False)[0]))
+        [normalized] = text_frontend.normalize(prompt_text, split=False)
+        features = extractor.extract(speech, text_frontend.tokenize(normalized))
         assert features.speech_feat.shape[1] == MEL_BINS
         speakers[speaker_id] = features.to_spk2info()
     torch.save(speakers, out / SPK2INFO_NAME)
