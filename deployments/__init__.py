@@ -1,0 +1,1 @@
+"""Ray Serve deployments: one module per deployment, each with one job."""

@@ -1,0 +1,53 @@
+"""Text frontend deployment: text -> token segments, prompt audio -> voice features."""
+
+from __future__ import annotations
+
+import numpy as np
+from ray import serve
+
+from deployments.model_stage import load_stage
+from serve_app.settings import Settings
+from tts_model.frontend import END_OF_PROMPT, FrontendError, TextFrontend, VoiceFeatureExtractor, VoiceFeatures
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16)
+class TextFrontendDeployment:
+    """CPU-only work that prepares model inputs; it holds the tokenizer and the two ONNX networks."""
+
+    def __init__(self, settings: Settings):
+        self.model, self.is_twin = load_stage(settings, ["frontend"])
+        self.text = TextFrontend(self.model.tokenizer)
+        self.voices = VoiceFeatureExtractor(self.model)
+        self.pretrained = {speaker: VoiceFeatures.from_spk2info(entry) for speaker, entry in self.model.spk2info.items()}
+
+    def model_info(self) -> dict:
+        return {"model_dir": str(self.model.model_dir), "is_twin": self.is_twin, "sample_rate": self.model.sample_rate}
+
+    def text_segments(self, text: str) -> list[list[int]]:
+        """Normalise and split `text`; one token list per segment the model speaks in one go."""
+        segments = [tokens for tokens in map(self.text.tokenize, self.text.normalize(text)) if tokens]
+        if not segments:
+            raise FrontendError("text has nothing to speak")
+        return segments
+
+    def instruction_tokens(self, instruct_text: str) -> list[int]:
+        """CosyVoice2's instruct prompt: the instruction, then the end-of-prompt token."""
+        return self.text.tokenize(instruct_text.strip() + END_OF_PROMPT)
+
+    def prompt_text_tokens(self, prompt_text: str) -> list[int]:
+        """A prompt transcript, normalised (not split) as upstream does."""
+        normalized = self.text.normalize(prompt_text, split=False)
+        return self.text.tokenize(normalized[0]) if normalized else []
+
+    def extract_voice(self, samples: np.ndarray, sample_rate: int, prompt_text: str | None = None) -> VoiceFeatures:
+        """Model features of a prompt recording (any rate; resampled to 16 kHz; 0.5-30 s)."""
+        speech_16k = self.voices.to_prompt_rate(samples, sample_rate)
+        text_tokens = self.prompt_text_tokens(prompt_text) if prompt_text and prompt_text.strip() else []
+        return self.voices.extract(speech_16k, text_tokens)
+
+    def pretrained_voices(self) -> dict[str, VoiceFeatures]:
+        return self.pretrained
+
+    def check_health(self) -> None:
+        if self.model.tokenizer is None or self.model.speech_tokenizer is None:
+            raise RuntimeError("frontend model not loaded")

@@ -1,0 +1,94 @@
+"""The orchestrator: composes frontend, LLM, flow and vocoder into one stream of audio.
+
+It relays the LLM's token stream into flow and vocoder calls and yields PCM as soon as each
+chunk is decoded. All per-stream state (tokens so far, the chunk schedule, the vocoder cache)
+lives in the request's own generator here and travels with each call, so every model replica
+stays stateless and scales on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from tts_model.frontend import VoiceFeatures
+from tts_model.llm_decode import SpeechTokenRequest
+from tts_model.modes import SynthesisMode, mode_inputs
+from tts_model.token2wav import ChunkPlan, FlowPrompt, StreamPlanner, VocoderCache, chunk_seed, segment_seed
+
+
+@dataclass
+class SynthesisJob:
+    """One synthesis request, with the voice already resolved to its features."""
+
+    mode: SynthesisMode
+    text: str
+    voice: VoiceFeatures
+    instruct_text: str | None = None
+    speed: float = 1.0
+    stream: bool = False
+    seed: int = 0
+
+
+@dataclass
+class SynthesisChunk:
+    """A piece of the output waveform and where the job stands."""
+
+    pcm: np.ndarray  # float32 mono at the model's sample rate
+    segment: int
+    segments: int
+    tokens: int  # speech tokens of this segment decoded so far
+    segment_done: bool
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
+class SynthesisPipeline:
+    def __init__(self, frontend: DeploymentHandle, llm: DeploymentHandle, flow: DeploymentHandle,
+                 vocoder: DeploymentHandle):
+        self.frontend, self.llm, self.flow, self.vocoder = frontend, llm, flow, vocoder
+
+    async def synthesize(self, job: SynthesisJob) -> AsyncIterator[SynthesisChunk]:
+        segments = await self.frontend.text_segments.remote(job.text)
+        instruction = (await self.frontend.instruction_tokens.remote(job.instruct_text)
+                       if job.mode is SynthesisMode.INSTRUCT else None)
+        inputs = mode_inputs(job.mode, job.voice, instruction)
+        for index, text_token in enumerate(segments):
+            request = SpeechTokenRequest(text_token=text_token, prompt_text_token=inputs.llm_prompt_text,
+                                         prompt_speech_token=inputs.llm_prompt_speech,
+                                         seed=segment_seed(job.seed, index))
+            planner = StreamPlanner(prompt_token_len=len(inputs.flow_prompt.speech_token), stream=job.stream)
+            tokens: list[int] = []
+            stream = _SegmentStream(self, job, inputs.flow_prompt, index, len(segments))
+            async for new_tokens in self.llm.options(stream=True).generate.remote(request):
+                tokens.extend(new_tokens)
+                while plan := planner.next_chunk(len(tokens), llm_finished=False):
+                    yield await stream.decode(tokens, plan)
+            while plan := planner.next_chunk(len(tokens), llm_finished=True):
+                yield await stream.decode(tokens, plan)
+
+    async def check_health(self) -> None:
+        return None
+
+
+class _SegmentStream:
+    """The state of one segment's token2wav stream: which chunk comes next, the vocoder cache."""
+
+    def __init__(self, pipeline: SynthesisPipeline, job: SynthesisJob, prompt: FlowPrompt, segment: int,
+                 segments: int):
+        self.pipeline, self.job, self.prompt = pipeline, job, prompt
+        self.segment, self.segments = segment, segments
+        self.chunk = 0
+        self.cache: VocoderCache | None = None
+
+    async def decode(self, tokens: list[int], plan: ChunkPlan) -> SynthesisChunk:
+        mel = await self.pipeline.flow.decode.remote(tokens[: plan.end], self.prompt, plan.token_offset,
+                                                     plan.streaming, plan.finalize)
+        pcm, self.cache = await self.pipeline.vocoder.vocode.remote(
+            mel, self.cache, plan.finalize, self.job.speed, chunk_seed(self.job.seed, self.segment, self.chunk))
+        self.chunk += 1
+        return SynthesisChunk(pcm=pcm, segment=self.segment, segments=self.segments, tokens=len(tokens),
+                              segment_done=plan.finalize)

@@ -1,0 +1,36 @@
+"""The service's one settings object.
+
+Values come, in rising priority, from the defaults here, `COSYVOICE_*` environment variables,
+and the `args` of the application in `serve_config.yaml` (which `build_app` receives). The
+resolved object is passed to every deployment, so all replicas agree on it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tts_model.default_model import DEFAULT_CACHE_DIR
+
+
+class Settings(BaseSettings):
+    """Service settings; every field is also read from `COSYVOICE_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="COSYVOICE_", extra="forbid", protected_namespaces=())
+
+    model_dir: str | None = Field(
+        None, description="CosyVoice2-0.5B model directory. Unset: a random-weight tiny twin is generated and used.")
+    model_cache_dir: str = Field(str(DEFAULT_CACHE_DIR), description="Where the default twin is generated (once).")
+    device: str = Field("cpu", description="Torch device of the LLM, flow and vocoder: cpu, cuda, cuda:N or auto.")
+    dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Precision of the LLM and flow decoder.")
+    torch_threads: int = Field(1, ge=1, description="Torch intra-op threads per model replica.")
+    voice_store_uri: str = Field("data/voices", description="pyarrow.fs URI (or local path) of the voice registry.")
+    output_store_uri: str = Field("data/audio", description="pyarrow.fs URI (or local path) of synthesized audio.")
+    task_store_uri: str = Field("data/tasks", description="pyarrow.fs URI (or local path) of async task records.")
+    audio_retention_s: float = Field(3600.0, ge=0, description="Synthesized files are kept at least this long.")
+    task_retention_s: float = Field(3600.0, ge=0, description="Finished async tasks are kept at least this long.")
+    max_queued_tasks: int = Field(64, ge=1, description="Pending async tasks accepted before submissions get 503.")
+    max_text_chars: int = Field(1000, ge=1, description="Longest text accepted for synthesis.")
+    app_name: str = Field("cosyvoice", description="Ray Serve application name (prefixes named actors).")

@@ -1,0 +1,71 @@
+"""The fidelity reference: upstream CosyVoice2 computed directly in this process.
+
+Model inputs come from upstream's `CosyVoiceFrontEnd`, speech tokens from `Qwen2LM.inference`,
+and audio from upstream's `CosyVoice2Model.token2wav` with its chunk schedule and caches, exactly
+as `CosyVoice2Model.tts` drives them. The service adds one convention to make runs reproducible:
+the LLM's sampling is seeded per text segment and HiFT's noise per chunk (`segment_seed`,
+`chunk_seed`); the reference seeds torch's global RNG the same way at the same points.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tts_model.token2wav import chunk_seed, segment_seed
+
+
+def upstream_frontend(model):
+    from cosyvoice.cli.frontend import CosyVoiceFrontEnd
+
+    return CosyVoiceFrontEnd(lambda: model.tokenizer, model.feat_extractor, str(model.model_dir / "campplus.onnx"),
+                             str(model.model_dir / "speech_tokenizer_v2.onnx"), str(model.model_dir / "spk2info.pt"))
+
+
+def upstream_tts(model, model_input: dict, stream: bool, seed: int, segment: int = 0, speed: float = 1.0) -> list:
+    """Upstream `CosyVoice2Model.tts` for one segment, run deterministically; returns the chunks."""
+    from cosyvoice.cli.model import CosyVoice2Model
+
+    empty_int = torch.zeros(1, 0, dtype=torch.int32)
+    text = model_input["text"]
+    prompt_text = model_input.get("prompt_text", empty_int)
+    llm_prompt_speech = model_input.get("llm_prompt_speech_token", empty_int)
+    flow_prompt_speech = model_input.get("flow_prompt_speech_token", empty_int)
+    prompt_feat = model_input.get("prompt_speech_feat", torch.zeros(1, 0, 80))
+    embedding = model_input["flow_embedding"]
+
+    torch.manual_seed(segment_seed(seed, segment))
+    tokens = list(model.llm.inference(
+        text=text, text_len=torch.tensor([text.shape[1]], dtype=torch.int32), prompt_text=prompt_text,
+        prompt_text_len=torch.tensor([prompt_text.shape[1]], dtype=torch.int32), prompt_speech_token=llm_prompt_speech,
+        prompt_speech_token_len=torch.tensor([llm_prompt_speech.shape[1]], dtype=torch.int32),
+        embedding=torch.zeros(0, 192)))
+
+    upstream = CosyVoice2Model(None, model.flow, model.hift)
+    uuid = "reference"
+    upstream.hift_cache_dict[uuid] = None
+    chunks, chunk = [], 0
+
+    def token2wav(token_list, token_offset, stream_flag, finalize, speed=1.0):
+        nonlocal chunk
+        torch.manual_seed(chunk_seed(seed, segment, chunk))
+        chunk += 1
+        speech = upstream.token2wav(token=torch.tensor([token_list]), prompt_token=flow_prompt_speech,
+                                    prompt_feat=prompt_feat, embedding=embedding, token_offset=token_offset,
+                                    uuid=uuid, stream=stream_flag, finalize=finalize, speed=speed)
+        chunks.append(speech[0].numpy())
+
+    if stream:
+        token_offset = 0
+        pad = int(np.ceil(flow_prompt_speech.shape[1] / upstream.token_hop_len) * upstream.token_hop_len
+                  - flow_prompt_speech.shape[1])
+        while True:
+            hop = upstream.token_hop_len + pad if token_offset == 0 else upstream.token_hop_len
+            if len(tokens) - token_offset < hop + model.flow.pre_lookahead_len:
+                break
+            token2wav(tokens[:token_offset + hop + model.flow.pre_lookahead_len], token_offset, True, False)
+            token_offset += hop
+        token2wav(tokens, token_offset, False, True)
+    else:
+        token2wav(tokens, 0, False, True, speed)
+    return chunks
