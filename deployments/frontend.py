@@ -18,7 +18,8 @@ class TextFrontendDeployment:
         self.model, self.is_twin = load_stage(settings, ["frontend"])
         self.text = TextFrontend(self.model.tokenizer)
         self.voices = VoiceFeatureExtractor(self.model)
-        self.pretrained = {speaker: VoiceFeatures.from_spk2info(entry) for speaker, entry in self.model.spk2info.items()}
+        self.pretrained = {speaker: VoiceFeatures.from_spk2info(entry)
+                           for speaker, entry in self.model.spk2info.items()}
 
     def model_info(self) -> dict:
         return {"model_dir": str(self.model.model_dir), "is_twin": self.is_twin, "sample_rate": self.model.sample_rate}

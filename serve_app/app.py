@@ -20,7 +20,7 @@ from serve_app.settings import Settings
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
-    settings = Settings(**(args or {}))
+    settings = Settings(**(args or {})).resolved()
     frontend = TextFrontendDeployment.bind(settings)
     llm = SpeechTokenLLM.bind(settings)
     pipeline = SynthesisPipeline.bind(frontend, llm, FlowDecoder.bind(settings), Vocoder.bind(settings))

@@ -1,4 +1,4 @@
-"""The FastAPI ingress deployment."""
+"""The ingress deployment: serves the FastAPI app (built on the replica, after its handles exist)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,16 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app import __version__
+from serve_app.api.app import create_api
+from serve_app.serving.state import ServiceState
 from serve_app.settings import Settings
-
-api = FastAPI(title="CosyVoice2 TTS API", version=__version__)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=128)
-@serve.ingress(api)
+@serve.ingress()
 class ApiIngress:
-    def __init__(self, settings: Settings, frontend: DeploymentHandle, pipeline: DeploymentHandle):
-        self.settings, self.frontend, self.pipeline = settings, frontend, pipeline
+    async def __init__(self, settings: Settings, frontend: DeploymentHandle, pipeline: DeploymentHandle):
+        self.state = await ServiceState.create(settings, frontend, pipeline)
 
-    @api.get("/")
-    def root(self) -> dict:
-        return {"message": "CosyVoice2 TTS API", "version": __version__, "docs": "/docs"}
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_api(self.state)

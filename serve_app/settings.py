@@ -7,6 +7,7 @@ resolved object is passed to every deployment, so all replicas agree on it.
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field
@@ -34,3 +35,15 @@ class Settings(BaseSettings):
     max_queued_tasks: int = Field(64, ge=1, description="Pending async tasks accepted before submissions get 503.")
     max_text_chars: int = Field(1000, ge=1, description="Longest text accepted for synthesis.")
     app_name: str = Field("cosyvoice", description="Ray Serve application name (prefixes named actors).")
+
+    def resolved(self) -> Settings:
+        """Local paths made absolute here, where they were given, since replicas and actors may
+        run in other working directories."""
+        def absolute(uri: str) -> str:
+            return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+        return self.model_copy(update={
+            "voice_store_uri": absolute(self.voice_store_uri), "output_store_uri": absolute(self.output_store_uri),
+            "task_store_uri": absolute(self.task_store_uri),
+            "model_dir": os.path.abspath(os.path.expanduser(self.model_dir)) if self.model_dir else None,
+            "model_cache_dir": os.path.abspath(os.path.expanduser(self.model_cache_dir))})

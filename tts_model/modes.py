@@ -7,7 +7,7 @@ This is upstream's `frontend_sft` / `frontend_zero_shot` / `frontend_cross_lingu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from tts_model.frontend import VoiceFeatures
 from tts_model.token2wav import FlowPrompt
 
 
-class SynthesisMode(str, Enum):
+class SynthesisMode(StrEnum):
     SFT = "sft"
     ZERO_SHOT = "zero_shot"
     CROSS_LINGUAL = "cross_lingual"

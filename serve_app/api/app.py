@@ -1,0 +1,35 @@
+"""The FastAPI application: routers, error handlers, and the replica's service state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from serve_app import __version__
+from serve_app.api import audio, synthesis, system, voices
+from serve_app.api.errors import install_error_handlers
+from serve_app.serving.state import ServiceState
+
+DESCRIPTION = """CosyVoice2 text-to-speech: a voice registry, synchronous and streaming synthesis in four
+modes (sft, zero-shot, cross-lingual, instruct), asynchronous tasks and audio downloads.
+Every error has the body `{"error": code, "message": text, "details": {"path": ...}}`."""
+
+
+def create_api(state: ServiceState) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(state.expire_outputs_forever())
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+
+    app = FastAPI(title="CosyVoice2 TTS API", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.services = state
+    install_error_handlers(app)
+    for module in (system, voices, synthesis, audio):
+        app.include_router(module.router)
+    return app

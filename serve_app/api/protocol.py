@@ -1,0 +1,130 @@
+"""Request and response schemas of the API (the contract's §2-§6), one description per field."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+VOICE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+MAX_TEXT_CHARS = 1000
+
+
+class VoiceType(StrEnum):
+    sft = "sft"
+    zero_shot = "zero_shot"
+    cross_lingual = "cross_lingual"
+    instruct = "instruct"
+
+
+class AudioFormat(StrEnum):
+    wav = "wav"
+    mp3 = "mp3"
+    flac = "flac"
+
+
+# --- system -----------------------------------------------------------------------------------
+
+class RootInfo(BaseModel):
+    message: str = Field(description="What this service is.")
+    version: str = Field(description="Service version.")
+    docs: str = Field(description="Path of the interactive OpenAPI documentation.")
+
+
+class Health(BaseModel):
+    status: str = Field(description="`healthy` once every stage is loaded, else `unavailable`.")
+    voice_manager_ready: bool = Field(description="The voice registry and the voice front end answer.")
+    async_synthesis_ready: bool = Field(description="Asynchronous synthesis tasks can be accepted.")
+    model: str | None = Field(None, description="`cosyvoice2-twin` (random weights) or the model directory's name.")
+    stages: dict[str, bool] = Field(default_factory=dict, description="Readiness of each pipeline stage.")
+
+
+# --- voices -----------------------------------------------------------------------------------
+
+class Voice(BaseModel):
+    voice_id: str = Field(description="Unique, immutable id (letters, digits, `_`, `-`; 1-64 chars).")
+    name: str = Field(description="Display name, 1-100 chars.")
+    description: str | None = Field(None, description="Free text, at most 500 chars.")
+    voice_type: VoiceType = Field(description="Intended use; any registered voice works in every mode.")
+    language: str | None = Field(None, description="Language tag such as `en`, `zh`, `ja`, `ko`, `yue`.")
+    prompt_text: str | None = Field(None, description="Transcript of the voice sample.")
+    audio_format: AudioFormat = Field(description="Format label given at registration.")
+    created_at: str = Field(description="Registration time, ISO-8601 UTC.")
+    updated_at: str = Field(description="Last metadata change, ISO-8601 UTC.")
+    file_size: int = Field(description="Bytes of the uploaded sample.")
+    duration: float = Field(description="Seconds of the uploaded sample.")
+    sample_rate: int = Field(description="Sample rate of the uploaded sample, Hz.")
+    is_active: bool = Field(True, description="Always true in v1 (reserved).")
+
+
+class VoiceList(BaseModel):
+    voices: list[Voice] = Field(description="This page of matching voices, oldest first.")
+    total: int = Field(description="Matching voices before paging.")
+    page: int = Field(description="Page number, from 1.")
+    page_size: int = Field(description="Voices per page.")
+
+
+class VoiceUpdate(BaseModel):
+    """Metadata that may change after registration; any other key is refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, min_length=1, max_length=100, description="New display name.")
+    description: str | None = Field(None, max_length=500, description="New description (null clears it).")
+    language: str | None = Field(None, max_length=16, description="New language tag (null clears it).")
+
+
+class VoiceDeleted(BaseModel):
+    message: str = Field(description="Confirmation.")
+    voice_id: str = Field(description="The deleted id, free again.")
+
+
+class VoiceTypeCounts(BaseModel):
+    sft: int = Field(0, description="Voices registered as sft.")
+    zero_shot: int = Field(0, description="Voices registered as zero_shot.")
+    cross_lingual: int = Field(0, description="Voices registered as cross_lingual.")
+    instruct: int = Field(0, description="Voices registered as instruct.")
+
+
+class VoiceStats(BaseModel):
+    total_voices: int = Field(description="Registered voices.")
+    active_voices: int = Field(description="Active registered voices (all in v1).")
+    voice_types: VoiceTypeCounts = Field(description="Registered voices per voice type.")
+    languages: dict[str, int] = Field(description="Registered voices per language tag.")
+    total_duration: float = Field(description="Seconds of all samples together.")
+    total_size: int = Field(description="Bytes of all samples together.")
+
+
+class PretrainedVoices(BaseModel):
+    pretrained_voices: list[str] = Field(description="The model's built-in speaker ids.")
+    total: int = Field(description="How many there are.")
+
+
+# --- synthesis --------------------------------------------------------------------------------
+
+class SynthesisOptions(BaseModel):
+    text: str = Field(max_length=MAX_TEXT_CHARS, description="Text to speak (at most 1000 chars, not blank).")
+    speed: float = Field(1.0, ge=0.5, le=2.0, description="Speaking rate, 0.5-2.0.")
+    format: AudioFormat = Field(AudioFormat.wav, description="Output format (streaming supports wav only).")
+    stream: bool = Field(False, description="Stream chunked audio/wav as it is produced instead of JSON.")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1,
+                             description="Sampling seed; the same seed and inputs give the same audio.")
+
+
+class SftRequest(SynthesisOptions):
+    voice_id: str = Field(description="A pretrained or registered voice.")
+
+
+class InstructRequest(SynthesisOptions):
+    voice_id: str = Field(description="A pretrained or registered voice.")
+    instruct_text: str = Field(min_length=1, max_length=500, description="How to speak, e.g. a tone or emotion.")
+
+
+class SynthesisResult(BaseModel):
+    success: bool = Field(True, description="Always true: failures are error responses.")
+    message: str = Field(description="Confirmation.")
+    audio_url: str = Field(description="Where to download the audio: `/api/v1/audio/<file>`.")
+    duration: float = Field(description="Seconds of audio in the file.")
+    format: AudioFormat = Field(description="Format of the file.")
+    synthesis_time: float = Field(description="Seconds the synthesis took.")
+    sample_rate: int = Field(description="Sample rate of the file, Hz.")

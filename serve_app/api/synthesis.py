@@ -1,0 +1,70 @@
+"""Synchronous synthesis routes (§4 of the contract): JSON for sft/instruct, forms for the others."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import StreamingResponse
+
+from serve_app.api.deps import Synthesis
+from serve_app.api.protocol import MAX_TEXT_CHARS, AudioFormat, InstructRequest, SftRequest, SynthesisResult
+from serve_app.serving.synthesis import SynthesisService
+from tts_model.frontend import MAX_PROMPT_SECONDS
+from tts_model.modes import SynthesisMode
+
+router = APIRouter(prefix="/api/v1/synthesize", tags=["synthesis"])
+
+STREAM_RESPONSE = {200: {"model": SynthesisResult,
+                         "content": {"audio/wav": {}},
+                         "description": "JSON with `audio_url`, or chunked audio/wav when `stream` is true."}}
+
+Text = Annotated[str, Form(max_length=MAX_TEXT_CHARS, description="Text to speak.")]
+VoiceId = Annotated[str | None, Form(description="A registered voice (instead of prompt_audio).")]
+PromptAudio = Annotated[UploadFile | None,
+                        File(description=f"Prompt recording, 0.5-{MAX_PROMPT_SECONDS:.0f} s (instead of voice_id).")]
+Speed = Annotated[float, Form(ge=0.5, le=2.0, description="Speaking rate.")]
+Format = Annotated[AudioFormat, Form(description="Output format.")]
+Stream = Annotated[bool, Form(description="Stream chunked audio/wav.")]
+Seed = Annotated[int | None, Form(ge=0, le=2**31 - 1, description="Sampling seed for reproducible audio.")]
+
+
+async def respond(service: SynthesisService, job, fmt: AudioFormat, stream: bool):
+    if stream:
+        return StreamingResponse(service.stream_wav(job), media_type="audio/wav")
+    return await service.to_file(job, fmt.value)
+
+
+@router.post("/sft", response_model=SynthesisResult, responses=STREAM_RESPONSE)
+async def sft(request: SftRequest, service: Synthesis):
+    job = await service.prepare(SynthesisMode.SFT, request.text, voice_id=request.voice_id, speed=request.speed,
+                                fmt=request.format.value, stream=request.stream, seed=request.seed)
+    return await respond(service, job, request.format, request.stream)
+
+
+@router.post("/instruct", response_model=SynthesisResult, responses=STREAM_RESPONSE)
+async def instruct(request: InstructRequest, service: Synthesis):
+    job = await service.prepare(SynthesisMode.INSTRUCT, request.text, voice_id=request.voice_id,
+                                instruct_text=request.instruct_text, speed=request.speed, fmt=request.format.value,
+                                stream=request.stream, seed=request.seed)
+    return await respond(service, job, request.format, request.stream)
+
+
+@router.post("/zero-shot", response_model=SynthesisResult, responses=STREAM_RESPONSE)
+async def zero_shot(service: Synthesis, text: Text, voice_id: VoiceId = None, prompt_audio: PromptAudio = None,
+                    prompt_text: Annotated[str | None, Form(max_length=500, description="Transcript of prompt_audio.")]
+                    = None, speed: Speed = 1.0, format: Format = AudioFormat.wav, stream: Stream = False,
+                    seed: Seed = None):
+    job = await service.prepare(SynthesisMode.ZERO_SHOT, text, voice_id=voice_id, prompt_audio=prompt_audio,
+                                prompt_text=prompt_text, speed=speed, fmt=format.value, stream=stream, seed=seed)
+    return await respond(service, job, format, stream)
+
+
+@router.post("/cross-lingual", response_model=SynthesisResult, responses=STREAM_RESPONSE)
+async def cross_lingual(service: Synthesis, text: Text, voice_id: VoiceId = None, prompt_audio: PromptAudio = None,
+                        prompt_text: Annotated[str | None, Form(description="Ignored in cross-lingual mode.")] = None,
+                        speed: Speed = 1.0, format: Format = AudioFormat.wav, stream: Stream = False,
+                        seed: Seed = None):
+    job = await service.prepare(SynthesisMode.CROSS_LINGUAL, text, voice_id=voice_id, prompt_audio=prompt_audio,
+                                speed=speed, fmt=format.value, stream=stream, seed=seed)
+    return await respond(service, job, format, stream)

@@ -1,0 +1,72 @@
+"""Everything one ingress replica serves with, built once when the replica starts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ray import serve
+
+from deployments.voice_store import voice_store_actor
+from serve_app.api.protocol import Health
+from serve_app.serving.synthesis import SynthesisService
+from serve_app.serving.voices import VoiceService
+from serve_app.settings import Settings
+from serve_app.storage import BlobStore
+
+logger = logging.getLogger("ray.serve")
+
+#: The deployments whose health /health reports, by the name it reports them under.
+STAGES = {"frontend": "TextFrontendDeployment", "llm": "SpeechTokenLLM", "flow": "FlowDecoder",
+          "vocoder": "Vocoder", "pipeline": "SynthesisPipeline"}
+HEALTH_TIMEOUT_S = 5.0
+
+
+class ServiceState:
+    def __init__(self, settings: Settings, frontend: Any, pipeline: Any, store: Any, model_info: dict[str, Any],
+                 pretrained: dict[str, Any]):
+        self.settings, self.frontend, self.pipeline, self.store = settings, frontend, pipeline, store
+        self.model_info = model_info
+        self.outputs = BlobStore(settings.output_store_uri)
+        self.voices = VoiceService(store, frontend, pretrained)
+        self.synthesis = SynthesisService(pipeline, self.voices, self.outputs, model_info["sample_rate"],
+                                          settings.max_text_chars)
+
+    @classmethod
+    async def create(cls, settings: Settings, frontend: Any, pipeline: Any) -> ServiceState:
+        model_info, pretrained = await asyncio.gather(frontend.model_info.remote(),
+                                                      frontend.pretrained_voices.remote())
+        store = await voice_store_actor(settings.voice_store_uri, settings.app_name)
+        return cls(settings, frontend, pipeline, store, model_info, pretrained)
+
+    async def _ping(self, name: str, call: Any) -> bool:
+        try:
+            await asyncio.wait_for(call, HEALTH_TIMEOUT_S)
+            return True
+        except Exception as exc:
+            logger.warning("health: %s not ready: %r", name, exc)
+            return False
+
+    async def health(self) -> Health:
+        checks = {stage: self._ping(stage, serve.get_deployment_handle(deployment, self.settings.app_name)
+                                    .check_health.remote())
+                  for stage, deployment in STAGES.items()}
+        checks["voice_store"] = self._ping("voice_store", self.store.count.remote())
+        results = dict(zip(checks, await asyncio.gather(*checks.values()), strict=True))
+        voice_ready = results.pop("voice_store") and results["frontend"]
+        healthy = voice_ready and all(results.values())
+        model = "cosyvoice2-twin" if self.model_info["is_twin"] else self.model_info["model_dir"].rsplit("/", 1)[-1]
+        return Health(status="healthy" if healthy else "unavailable", voice_manager_ready=voice_ready,
+                      async_synthesis_ready=healthy, model=model, stages=results)
+
+    async def expire_outputs_forever(self, period_s: float = 60.0) -> None:
+        """Delete synthesized files older than the retention period, every `period_s`."""
+        while True:
+            try:
+                removed = await asyncio.to_thread(self.outputs.delete_older_than, self.settings.audio_retention_s)
+                if removed:
+                    logger.info("expired %d synthesized audio files", len(removed))
+            except Exception:
+                logger.exception("audio retention sweep failed")
+            await asyncio.sleep(period_s)

@@ -1,0 +1,113 @@
+"""Synthesis logic shared by the sync routes and async tasks: validate, resolve the voice, run the
+pipeline, then stream the PCM out or encode and store the file."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import numpy as np
+from fastapi import UploadFile
+
+from deployments.pipeline import SynthesisChunk, SynthesisJob
+from serve_app.api.errors import ApiError, invalid_request
+from serve_app.audio_io import AudioError, encode_audio, pcm16_bytes, streaming_wav_header
+from serve_app.serving.voices import VoiceService
+from serve_app.storage import BlobStore
+from tts_model.frontend import FrontendError
+from tts_model.modes import SynthesisMode
+
+logger = logging.getLogger("ray.serve")
+
+MODE_LABELS = {SynthesisMode.SFT: "SFT", SynthesisMode.ZERO_SHOT: "Zero-shot",
+               SynthesisMode.CROSS_LINGUAL: "Cross-lingual", SynthesisMode.INSTRUCT: "Instruct"}
+
+
+def check_output_format(fmt: str, stream: bool) -> None:
+    """Refuse formats that cannot be produced before any work starts."""
+    if stream and fmt != "wav":
+        raise ApiError(400, "unsupported_format", f"streaming produces wav only, not {fmt}")
+    try:
+        encode_audio(np.zeros(480, dtype=np.float32), 24000, fmt)
+    except AudioError as exc:
+        raise ApiError(400, exc.code, exc.message) from exc
+
+
+def synthesis_failed(exc: BaseException) -> ApiError:
+    if isinstance(exc, FrontendError):
+        return invalid_request(str(exc))
+    logger.error("synthesis failed: %r", exc)
+    return ApiError(500, "synthesis_error", f"Synthesis failed: {type(exc).__name__}")
+
+
+async def render_to_store(pipeline: Any, job: SynthesisJob, fmt: str, outputs: BlobStore, sample_rate: int,
+                          on_chunk: Callable[[SynthesisChunk], Awaitable[None] | None] | None = None
+                          ) -> dict[str, Any]:
+    """Run a job to completion, encode the audio and store it; returns the sync response body."""
+    started = time.perf_counter()
+    pieces = []
+    async for chunk in pipeline.options(stream=True).synthesize.remote(job):
+        pieces.append(chunk.pcm)
+        if on_chunk is not None and (pending := on_chunk(chunk)) is not None:
+            await pending
+    samples = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+    filename = f"{uuid.uuid4().hex}.{fmt}"
+    outputs.put(filename, encode_audio(samples, sample_rate, fmt))
+    return {"success": True, "message": f"{MODE_LABELS[job.mode]} synthesis completed successfully",
+            "audio_url": f"/api/v1/audio/{filename}", "duration": round(len(samples) / sample_rate, 3),
+            "format": fmt, "synthesis_time": round(time.perf_counter() - started, 3), "sample_rate": sample_rate}
+
+
+class SynthesisService:
+    def __init__(self, pipeline: Any, voices: VoiceService, outputs: BlobStore, sample_rate: int,
+                 max_text_chars: int):
+        self.pipeline, self.voices, self.outputs = pipeline, voices, outputs
+        self.sample_rate, self.max_text_chars = sample_rate, max_text_chars
+
+    async def prepare(self, mode: SynthesisMode, text: str, *, voice_id: str | None = None,
+                      prompt_audio: UploadFile | None = None, prompt_text: str | None = None,
+                      instruct_text: str | None = None, speed: float = 1.0, fmt: str = "wav",
+                      stream: bool = False, seed: int | None = None) -> SynthesisJob:
+        """Every check a request can fail, in the contract's order, before any synthesis starts."""
+        if not text.strip():
+            raise invalid_request("text must not be blank")
+        if len(text) > self.max_text_chars:
+            raise ApiError(422, "validation_error", f"text is longer than {self.max_text_chars} characters")
+        check_output_format(fmt, stream)
+        voice_id = voice_id or None
+        if mode in (SynthesisMode.ZERO_SHOT, SynthesisMode.CROSS_LINGUAL):
+            if (voice_id is None) == (prompt_audio is None):
+                raise invalid_request("give exactly one voice source: voice_id or prompt_audio")
+            if mode is SynthesisMode.ZERO_SHOT and prompt_audio is not None and not (prompt_text or "").strip():
+                raise invalid_request("prompt_text is required with prompt_audio in zero-shot mode")
+        if mode is SynthesisMode.INSTRUCT and not (instruct_text or "").strip():
+            raise invalid_request("instruct_text must not be blank")
+        if voice_id is not None:
+            voice = await self.voices.features(voice_id)
+        else:
+            transcript = prompt_text if mode is SynthesisMode.ZERO_SHOT else None
+            voice = await self.voices.features_from_upload(prompt_audio, transcript)
+        return SynthesisJob(mode=mode, text=text, voice=voice, instruct_text=instruct_text, speed=speed,
+                            stream=stream, seed=secrets.randbelow(2**31) if seed is None else seed)
+
+    async def to_file(self, job: SynthesisJob, fmt: str) -> dict[str, Any]:
+        try:
+            return await render_to_store(self.pipeline, job, fmt, self.outputs, self.sample_rate)
+        except ApiError:
+            raise
+        except Exception as exc:
+            raise synthesis_failed(exc) from exc
+
+    async def stream_wav(self, job: SynthesisJob) -> AsyncIterator[bytes]:
+        """A WAV header of unknown length, then PCM as each chunk leaves the vocoder.
+
+        If the client disconnects, closing this generator cancels the pipeline call, which
+        cancels the LLM's stream: generation stops.
+        """
+        yield streaming_wav_header(self.sample_rate)
+        async for chunk in self.pipeline.options(stream=True).synthesize.remote(job):
+            yield pcm16_bytes(chunk.pcm)
