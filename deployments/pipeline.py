@@ -8,13 +8,19 @@ stays stateless and scales on its own.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.task_manager import chunk_progress, task_manager_by_name
+from serve_app.rendering import render_to_store
+from serve_app.settings import Settings
+from serve_app.storage import BlobStore
 from tts_model.frontend import VoiceFeatures
 from tts_model.llm_decode import SpeechTokenRequest
 from tts_model.modes import SynthesisMode, mode_inputs
@@ -42,14 +48,18 @@ class SynthesisChunk:
     segment: int
     segments: int
     tokens: int  # speech tokens of this segment decoded so far
+    text_tokens: int  # text tokens of this segment
     segment_done: bool
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
 class SynthesisPipeline:
-    def __init__(self, frontend: DeploymentHandle, llm: DeploymentHandle, flow: DeploymentHandle,
-                 vocoder: DeploymentHandle):
+    def __init__(self, settings: Settings, frontend: DeploymentHandle, llm: DeploymentHandle,
+                 flow: DeploymentHandle, vocoder: DeploymentHandle):
+        self.settings = settings
         self.frontend, self.llm, self.flow, self.vocoder = frontend, llm, flow, vocoder
+        self.outputs = BlobStore(settings.output_store_uri)
+        self.sample_rate: int | None = None
 
     async def synthesize(self, job: SynthesisJob) -> AsyncIterator[SynthesisChunk]:
         segments = await self.frontend.text_segments.remote(job.text)
@@ -62,13 +72,30 @@ class SynthesisPipeline:
                                          seed=segment_seed(job.seed, index))
             planner = StreamPlanner(prompt_token_len=len(inputs.flow_prompt.speech_token), stream=job.stream)
             tokens: list[int] = []
-            stream = _SegmentStream(self, job, inputs.flow_prompt, index, len(segments))
+            stream = _SegmentStream(self, job, inputs.flow_prompt, index, len(segments), len(text_token))
             async for new_tokens in self.llm.options(stream=True).generate.remote(request):
                 tokens.extend(new_tokens)
                 while plan := planner.next_chunk(len(tokens), llm_finished=False):
                     yield await stream.decode(tokens, plan)
             while plan := planner.next_chunk(len(tokens), llm_finished=True):
                 yield await stream.decode(tokens, plan)
+
+    async def render(self, job: SynthesisJob, fmt: str, task_id: str) -> dict[str, Any]:
+        """Run an async task's job to a stored file, reporting progress to the task manager.
+
+        The job is decoded in streaming chunks so progress rises during each segment.
+        """
+        if self.sample_rate is None:
+            self.sample_rate = (await self.frontend.model_info.remote())["sample_rate"]
+        manager = task_manager_by_name(self.settings.app_name)
+
+        def report(chunk: SynthesisChunk) -> None:
+            manager.report_progress.remote(task_id, chunk_progress(chunk.segment, chunk.segments, chunk.tokens,
+                                                                   chunk.text_tokens, chunk.segment_done))
+
+        streamed = dataclasses.replace(job, stream=True)
+        return await render_to_store(self.synthesize(streamed), job.mode, fmt, self.outputs, self.sample_rate,
+                                     on_chunk=report)
 
     async def check_health(self) -> None:
         return None
@@ -78,9 +105,9 @@ class _SegmentStream:
     """The state of one segment's token2wav stream: which chunk comes next, the vocoder cache."""
 
     def __init__(self, pipeline: SynthesisPipeline, job: SynthesisJob, prompt: FlowPrompt, segment: int,
-                 segments: int):
+                 segments: int, text_tokens: int):
         self.pipeline, self.job, self.prompt = pipeline, job, prompt
-        self.segment, self.segments = segment, segments
+        self.segment, self.segments, self.text_tokens = segment, segments, text_tokens
         self.chunk = 0
         self.cache: VocoderCache | None = None
 
@@ -91,4 +118,4 @@ class _SegmentStream:
             mel, self.cache, plan.finalize, self.job.speed, chunk_seed(self.job.seed, self.segment, self.chunk))
         self.chunk += 1
         return SynthesisChunk(pcm=pcm, segment=self.segment, segments=self.segments, tokens=len(tokens),
-                              segment_done=plan.finalize)
+                              text_tokens=self.text_tokens, segment_done=plan.finalize)

@@ -23,5 +23,5 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     settings = Settings(**(args or {})).resolved()
     frontend = TextFrontendDeployment.bind(settings)
     llm = SpeechTokenLLM.bind(settings)
-    pipeline = SynthesisPipeline.bind(frontend, llm, FlowDecoder.bind(settings), Vocoder.bind(settings))
+    pipeline = SynthesisPipeline.bind(settings, frontend, llm, FlowDecoder.bind(settings), Vocoder.bind(settings))
     return ApiIngress.bind(settings, frontend, pipeline)

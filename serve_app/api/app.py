@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from serve_app import __version__
-from serve_app.api import audio, synthesis, system, voices
+from serve_app.api import audio, synthesis, system, tasks, voices
 from serve_app.api.errors import install_error_handlers
 from serve_app.serving.state import ServiceState
 
@@ -30,6 +30,6 @@ def create_api(state: ServiceState) -> FastAPI:
     app = FastAPI(title="CosyVoice2 TTS API", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.services = state
     install_error_handlers(app)
-    for module in (system, voices, synthesis, audio):
+    for module in (system, voices, synthesis, tasks, audio):
         app.include_router(module.router)
     return app

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from serve_app.serving.state import ServiceState
 from serve_app.serving.synthesis import SynthesisService
+from serve_app.serving.tasks import TaskService
 from serve_app.serving.voices import VoiceService
 
 
@@ -23,6 +24,11 @@ def get_synthesis(request: Request) -> SynthesisService:
     return request.app.state.services.synthesis
 
 
+def get_tasks(request: Request) -> TaskService:
+    return request.app.state.services.tasks
+
+
 State = Annotated[ServiceState, Depends(get_state)]
 Voices = Annotated[VoiceService, Depends(get_voices)]
 Synthesis = Annotated[SynthesisService, Depends(get_synthesis)]
+Tasks = Annotated[TaskService, Depends(get_tasks)]

@@ -128,3 +128,49 @@ class SynthesisResult(BaseModel):
     format: AudioFormat = Field(description="Format of the file.")
     synthesis_time: float = Field(description="Seconds the synthesis took.")
     sample_rate: int = Field(description="Sample rate of the file, Hz.")
+
+
+# --- async tasks ------------------------------------------------------------------------------
+
+class TaskState(StrEnum):
+    pending = "pending"
+    processing = "processing"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class TaskSubmitted(BaseModel):
+    task_id: str = Field(description="Opaque, URL-safe id of the task.")
+    status: str = Field("submitted", description="Always `submitted` here; then see the status URL.")
+    message: str = Field(description="Confirmation naming the mode.")
+    check_status_url: str = Field(description="Where to poll the task's state.")
+    result_url: str = Field(description="Where to fetch the result once completed.")
+
+
+class Task(BaseModel):
+    task_id: str = Field(description="Id of the task.")
+    mode: VoiceType = Field(description="Synthesis mode.")
+    status: TaskState = Field(description="pending -> processing -> completed | failed; or cancelled.")
+    progress: float = Field(description="0.0-1.0, never decreasing; 1.0 exactly when completed.")
+    created_at: str = Field(description="Submission time, ISO-8601 UTC.")
+    started_at: str | None = Field(None, description="When synthesis began.")
+    completed_at: str | None = Field(None, description="When the task reached a final state.")
+    error: str | None = Field(None, description="Why the task failed or was cancelled.")
+    result_available: bool = Field(description="Whether the result can be fetched.")
+    result_url: str | None = Field(None, description="Where to fetch the result (completed tasks).")
+
+
+class TaskList(BaseModel):
+    tasks: list[Task] = Field(description="Matching tasks, newest first, at most `limit`.")
+    total: int = Field(description="Matching tasks before `limit`.")
+
+
+class TaskCancelled(BaseModel):
+    task_id: str = Field(description="Id of the task.")
+    status: str = Field("cancelled", description="Always `cancelled`.")
+    message: str = Field(description="Confirmation.")
+
+
+class TaskResult(SynthesisResult):
+    task_id: str = Field(description="Id of the task.")

@@ -27,6 +27,7 @@ Speed = Annotated[float, Form(ge=0.5, le=2.0, description="Speaking rate.")]
 Format = Annotated[AudioFormat, Form(description="Output format.")]
 Stream = Annotated[bool, Form(description="Stream chunked audio/wav.")]
 Seed = Annotated[int | None, Form(ge=0, le=2**31 - 1, description="Sampling seed for reproducible audio.")]
+PromptTextForm = Annotated[str | None, Form(max_length=500, description="Transcript of prompt_audio (zero-shot).")]
 
 
 async def respond(service: SynthesisService, job, fmt: AudioFormat, stream: bool):
@@ -52,9 +53,8 @@ async def instruct(request: InstructRequest, service: Synthesis):
 
 @router.post("/zero-shot", response_model=SynthesisResult, responses=STREAM_RESPONSE)
 async def zero_shot(service: Synthesis, text: Text, voice_id: VoiceId = None, prompt_audio: PromptAudio = None,
-                    prompt_text: Annotated[str | None, Form(max_length=500, description="Transcript of prompt_audio.")]
-                    = None, speed: Speed = 1.0, format: Format = AudioFormat.wav, stream: Stream = False,
-                    seed: Seed = None):
+                    prompt_text: PromptTextForm = None, speed: Speed = 1.0, format: Format = AudioFormat.wav,
+                    stream: Stream = False, seed: Seed = None):
     job = await service.prepare(SynthesisMode.ZERO_SHOT, text, voice_id=voice_id, prompt_audio=prompt_audio,
                                 prompt_text=prompt_text, speed=speed, fmt=format.value, stream=stream, seed=seed)
     return await respond(service, job, format, stream)
@@ -62,7 +62,7 @@ async def zero_shot(service: Synthesis, text: Text, voice_id: VoiceId = None, pr
 
 @router.post("/cross-lingual", response_model=SynthesisResult, responses=STREAM_RESPONSE)
 async def cross_lingual(service: Synthesis, text: Text, voice_id: VoiceId = None, prompt_audio: PromptAudio = None,
-                        prompt_text: Annotated[str | None, Form(description="Ignored in cross-lingual mode.")] = None,
+                        prompt_text: PromptTextForm = None,
                         speed: Speed = 1.0, format: Format = AudioFormat.wav, stream: Stream = False,
                         seed: Seed = None):
     job = await service.prepare(SynthesisMode.CROSS_LINGUAL, text, voice_id=voice_id, prompt_audio=prompt_audio,

@@ -8,9 +8,11 @@ from typing import Any
 
 from ray import serve
 
+from deployments.task_manager import task_manager_actor
 from deployments.voice_store import voice_store_actor
 from serve_app.api.protocol import Health
 from serve_app.serving.synthesis import SynthesisService
+from serve_app.serving.tasks import TaskService
 from serve_app.serving.voices import VoiceService
 from serve_app.settings import Settings
 from serve_app.storage import BlobStore
@@ -24,9 +26,10 @@ HEALTH_TIMEOUT_S = 5.0
 
 
 class ServiceState:
-    def __init__(self, settings: Settings, frontend: Any, pipeline: Any, store: Any, model_info: dict[str, Any],
-                 pretrained: dict[str, Any]):
+    def __init__(self, settings: Settings, frontend: Any, pipeline: Any, store: Any, manager: Any,
+                 model_info: dict[str, Any], pretrained: dict[str, Any]):
         self.settings, self.frontend, self.pipeline, self.store = settings, frontend, pipeline, store
+        self.tasks = TaskService(manager)
         self.model_info = model_info
         self.outputs = BlobStore(settings.output_store_uri)
         self.voices = VoiceService(store, frontend, pretrained)
@@ -38,7 +41,8 @@ class ServiceState:
         model_info, pretrained = await asyncio.gather(frontend.model_info.remote(),
                                                       frontend.pretrained_voices.remote())
         store = await voice_store_actor(settings.voice_store_uri, settings.app_name)
-        return cls(settings, frontend, pipeline, store, model_info, pretrained)
+        manager = await task_manager_actor(settings)
+        return cls(settings, frontend, pipeline, store, manager, model_info, pretrained)
 
     async def _ping(self, name: str, call: Any) -> bool:
         try:
@@ -53,9 +57,10 @@ class ServiceState:
                                     .check_health.remote())
                   for stage, deployment in STAGES.items()}
         checks["voice_store"] = self._ping("voice_store", self.store.count.remote())
+        checks["task_manager"] = self._ping("task_manager", self.tasks.manager.ready.remote())
         results = dict(zip(checks, await asyncio.gather(*checks.values()), strict=True))
-        voice_ready = results.pop("voice_store") and results["frontend"]
-        healthy = voice_ready and all(results.values())
+        voice_ready = results["voice_store"] and results["frontend"]
+        healthy = all(results.values())
         model = "cosyvoice2-twin" if self.model_info["is_twin"] else self.model_info["model_dir"].rsplit("/", 1)[-1]
         return Health(status="healthy" if healthy else "unavailable", voice_manager_ready=voice_ready,
                       async_synthesis_ready=healthy, model=model, stages=results)

@@ -5,27 +5,22 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 from fastapi import UploadFile
 
-from deployments.pipeline import SynthesisChunk, SynthesisJob
+from deployments.pipeline import SynthesisJob
 from serve_app.api.errors import ApiError, invalid_request
 from serve_app.audio_io import AudioError, encode_audio, pcm16_bytes, streaming_wav_header
+from serve_app.rendering import render_to_store
 from serve_app.serving.voices import VoiceService
 from serve_app.storage import BlobStore
 from tts_model.frontend import FrontendError
 from tts_model.modes import SynthesisMode
 
 logger = logging.getLogger("ray.serve")
-
-MODE_LABELS = {SynthesisMode.SFT: "SFT", SynthesisMode.ZERO_SHOT: "Zero-shot",
-               SynthesisMode.CROSS_LINGUAL: "Cross-lingual", SynthesisMode.INSTRUCT: "Instruct"}
-
 
 def check_output_format(fmt: str, stream: bool) -> None:
     """Refuse formats that cannot be produced before any work starts."""
@@ -42,24 +37,6 @@ def synthesis_failed(exc: BaseException) -> ApiError:
         return invalid_request(str(exc))
     logger.error("synthesis failed: %r", exc)
     return ApiError(500, "synthesis_error", f"Synthesis failed: {type(exc).__name__}")
-
-
-async def render_to_store(pipeline: Any, job: SynthesisJob, fmt: str, outputs: BlobStore, sample_rate: int,
-                          on_chunk: Callable[[SynthesisChunk], Awaitable[None] | None] | None = None
-                          ) -> dict[str, Any]:
-    """Run a job to completion, encode the audio and store it; returns the sync response body."""
-    started = time.perf_counter()
-    pieces = []
-    async for chunk in pipeline.options(stream=True).synthesize.remote(job):
-        pieces.append(chunk.pcm)
-        if on_chunk is not None and (pending := on_chunk(chunk)) is not None:
-            await pending
-    samples = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
-    filename = f"{uuid.uuid4().hex}.{fmt}"
-    outputs.put(filename, encode_audio(samples, sample_rate, fmt))
-    return {"success": True, "message": f"{MODE_LABELS[job.mode]} synthesis completed successfully",
-            "audio_url": f"/api/v1/audio/{filename}", "duration": round(len(samples) / sample_rate, 3),
-            "format": fmt, "synthesis_time": round(time.perf_counter() - started, 3), "sample_rate": sample_rate}
 
 
 class SynthesisService:
@@ -96,7 +73,8 @@ class SynthesisService:
 
     async def to_file(self, job: SynthesisJob, fmt: str) -> dict[str, Any]:
         try:
-            return await render_to_store(self.pipeline, job, fmt, self.outputs, self.sample_rate)
+            chunks = self.pipeline.options(stream=True).synthesize.remote(job)
+            return await render_to_store(chunks, job.mode, fmt, self.outputs, self.sample_rate)
         except ApiError:
             raise
         except Exception as exc:
