@@ -42,7 +42,9 @@ def serve_cluster(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     settings = {"model_dir": str(tiny_model_dir), "voice_store_uri": str(data / "voices"),
-                "output_store_uri": str(data / "audio"), "task_store_uri": str(data / "tasks")}
+                "output_store_uri": str(data / "audio"), "task_store_uri": str(data / "tasks"),
+                # Small task limits so the admission tests can fill the queue quickly.
+                "max_queued_tasks": 4, "max_running_tasks": 2}
     serve.run(build_app(settings), name="cosyvoice", route_prefix="/")
     yield {"base_url": f"http://127.0.0.1:{port}", "settings": settings, "app_name": "cosyvoice"}
     serve.shutdown()
