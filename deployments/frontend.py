@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from ray import serve
 
+from deployments.metrics import StageLoad
 from deployments.model_stage import load_stage
 from serve_app.settings import Settings
 from tts_model.frontend import END_OF_PROMPT, FrontendError, TextFrontend, VoiceFeatureExtractor, VoiceFeatures
@@ -15,7 +16,9 @@ class TextFrontendDeployment:
     """CPU-only work that prepares model inputs; it holds the tokenizer and the two ONNX networks."""
 
     def __init__(self, settings: Settings):
-        self.model, self.is_twin = load_stage(settings, ["frontend"])
+        # The front end's ONNX networks are small and run on CPU wherever the models run.
+        self.model, self.is_twin = load_stage(settings, ["frontend"], device="cpu")
+        self.load = StageLoad("frontend")
         self.text = TextFrontend(self.model.tokenizer)
         self.voices = VoiceFeatureExtractor(self.model)
         self.pretrained = {speaker: VoiceFeatures.from_spk2info(entry)
@@ -26,7 +29,8 @@ class TextFrontendDeployment:
 
     def text_segments(self, text: str) -> list[list[int]]:
         """Normalise and split `text`; one token list per segment the model speaks in one go."""
-        segments = [tokens for tokens in map(self.text.tokenize, self.text.normalize(text)) if tokens]
+        with self.load:
+            segments = [tokens for tokens in map(self.text.tokenize, self.text.normalize(text)) if tokens]
         if not segments:
             raise FrontendError("text has nothing to speak")
         return segments
@@ -42,9 +46,10 @@ class TextFrontendDeployment:
 
     def extract_voice(self, samples: np.ndarray, sample_rate: int, prompt_text: str | None = None) -> VoiceFeatures:
         """Model features of a prompt recording (any rate; resampled to 16 kHz; 0.5-30 s)."""
-        speech_16k = self.voices.to_prompt_rate(samples, sample_rate)
-        text_tokens = self.prompt_text_tokens(prompt_text) if prompt_text and prompt_text.strip() else []
-        return self.voices.extract(speech_16k, text_tokens)
+        with self.load:
+            speech_16k = self.voices.to_prompt_rate(samples, sample_rate)
+            text_tokens = self.prompt_text_tokens(prompt_text) if prompt_text and prompt_text.strip() else []
+            return self.voices.extract(speech_16k, text_tokens)
 
     def pretrained_voices(self) -> dict[str, VoiceFeatures]:
         return self.pretrained

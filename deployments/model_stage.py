@@ -13,7 +13,7 @@ from tts_model.loader import CosyVoice2Model, Part, load_model
 logger = logging.getLogger("ray.serve")
 
 
-def load_stage(settings: Settings, parts: list[Part]) -> tuple[CosyVoice2Model, bool]:
+def load_stage(settings: Settings, parts: list[Part], device: str | None = None) -> tuple[CosyVoice2Model, bool]:
     """Load `parts` of the configured model (the cached tiny twin if none is configured).
 
     Returns the model and whether it is the random-weight twin. Ray gives replicas with
@@ -24,4 +24,4 @@ def load_stage(settings: Settings, parts: list[Part]) -> tuple[CosyVoice2Model, 
     if is_twin:
         logger.warning("serving the random-weight CosyVoice2 twin at %s (set COSYVOICE_MODEL_DIR for real weights)",
                        model_dir)
-    return load_model(model_dir, parts=parts, device=settings.device, dtype=settings.dtype), is_twin
+    return load_model(model_dir, parts=parts, device=device or settings.device, dtype=settings.dtype), is_twin

@@ -9,6 +9,7 @@ stays stateless and scales on its own.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.metrics import StageLoad, metric
 from deployments.task_manager import chunk_progress, task_manager_by_name
 from serve_app.rendering import render_to_store
 from serve_app.settings import Settings
@@ -60,8 +62,26 @@ class SynthesisPipeline:
         self.frontend, self.llm, self.flow, self.vocoder = frontend, llm, flow, vocoder
         self.outputs = BlobStore(settings.output_store_uri)
         self.sample_rate: int | None = None
+        self.load = StageLoad("pipeline")
 
     async def synthesize(self, job: SynthesisJob) -> AsyncIterator[SynthesisChunk]:
+        started, first_chunk, samples = time.perf_counter(), True, 0
+        sample_rate = await self._sample_rate()
+        with self.load:
+            async for chunk in self._chunks(job):
+                if first_chunk:
+                    metric("cosyvoice_time_to_first_chunk_seconds").observe(
+                        time.perf_counter() - started, tags={"mode": str(job.mode), "stream": str(job.stream).lower()})
+                    first_chunk = False
+                samples += len(chunk.pcm)
+                yield chunk
+        seconds = samples / sample_rate
+        metric("cosyvoice_audio_seconds_total").inc(seconds, tags={"mode": str(job.mode)})
+        if seconds > 0:
+            metric("cosyvoice_real_time_factor").observe((time.perf_counter() - started) / seconds,
+                                                         tags={"mode": str(job.mode)})
+
+    async def _chunks(self, job: SynthesisJob) -> AsyncIterator[SynthesisChunk]:
         segments = await self.frontend.text_segments.remote(job.text)
         instruction = (await self.frontend.instruction_tokens.remote(job.instruct_text)
                        if job.mode is SynthesisMode.INSTRUCT else None)
@@ -80,13 +100,17 @@ class SynthesisPipeline:
             while plan := planner.next_chunk(len(tokens), llm_finished=True):
                 yield await stream.decode(tokens, plan)
 
+    async def _sample_rate(self) -> int:
+        if self.sample_rate is None:
+            self.sample_rate = (await self.frontend.model_info.remote())["sample_rate"]
+        return self.sample_rate
+
     async def render(self, job: SynthesisJob, fmt: str, task_id: str) -> dict[str, Any]:
         """Run an async task's job to a stored file, reporting progress to the task manager.
 
         The job is decoded in streaming chunks so progress rises during each segment.
         """
-        if self.sample_rate is None:
-            self.sample_rate = (await self.frontend.model_info.remote())["sample_rate"]
+        sample_rate = await self._sample_rate()
         manager = task_manager_by_name(self.settings.app_name)
 
         def report(chunk: SynthesisChunk) -> None:
@@ -94,7 +118,7 @@ class SynthesisPipeline:
                                                                    chunk.text_tokens, chunk.segment_done))
 
         streamed = dataclasses.replace(job, stream=True)
-        return await render_to_store(self.synthesize(streamed), job.mode, fmt, self.outputs, self.sample_rate,
+        return await render_to_store(self.synthesize(streamed), job.mode, fmt, self.outputs, sample_rate,
                                      on_chunk=report)
 
     async def check_health(self) -> None:

@@ -113,6 +113,11 @@ class TaskManager:
         logger.info("task manager restored %d tasks", len(self.tasks))
 
     def _persist(self, record: dict[str, Any]) -> None:
+        """Save a task's record; called on every state change, which is also when the gauge moves."""
+        from deployments.metrics import metric
+
+        for state, count in self.counts().items():
+            metric("cosyvoice_async_tasks").set(count, tags={"state": state})
         row = dict(record, result=json.dumps(record["result"]) if record["result"] is not None else None)
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pylist([row], schema=_SCHEMA), buffer)

@@ -7,6 +7,7 @@ import threading
 import numpy as np
 from ray import serve
 
+from deployments.metrics import StageLoad
 from deployments.model_stage import load_stage
 from serve_app.settings import Settings
 from tts_model.token2wav import VocoderCache, vocode
@@ -20,10 +21,11 @@ class Vocoder:
         self.model, _ = load_stage(settings, ["hift"])
         # vocode seeds torch's global RNG around HiFT: one call at a time keeps that private.
         self.lock = threading.Lock()
+        self.load = StageLoad("vocoder")
 
     def vocode(self, mel: np.ndarray, cache: VocoderCache | None, finalize: bool, speed: float,
                seed: int) -> tuple[np.ndarray, VocoderCache | None]:
-        with self.lock:
+        with self.load, self.lock:
             return vocode(self.model.hift, mel, cache, finalize, speed, seed)
 
     def check_health(self) -> None:

@@ -238,6 +238,7 @@ class VoiceStore:
             self._last_timestamp = max(self._last_timestamp, _parse_timestamp(meta["created_at"]),
                                        _parse_timestamp(meta["updated_at"]))
         logger.info("Voice store %s: restored %d voices", self._blobs.uri, len(self._voices))
+        self._count_changed()
 
     def _quarantine(self, name: str) -> None:
         """Move an unreadable voice file aside: it is kept for inspection but no longer loaded."""
@@ -307,6 +308,7 @@ class VoiceStore:
             record = {name: record.get(name, now) for name in _META_FIELDS}
             self._blobs.put(_file_name(voice_id), _encode(record, features, bytes(audio), audio_format))
             self._voices[voice_id] = record
+            self._count_changed()
             self._cache_features(voice_id, features)
             return _public(record)
 
@@ -373,6 +375,7 @@ class VoiceStore:
             self._meta(voice_id)
             self._blobs.delete(_file_name(voice_id))
             del self._voices[voice_id]
+            self._count_changed()
             self._features.pop(voice_id, None)
 
     def stats(self) -> dict[str, Any]:
@@ -394,6 +397,9 @@ class VoiceStore:
         with self._lock:
             return len(self._voices)
 
+    def _count_changed(self) -> None:
+        """Hook for the actor, which publishes the count as a metric."""
+
     def exists(self, voice_id: str) -> bool:
         with self._lock:
             return voice_id in self._voices
@@ -406,6 +412,15 @@ class VoiceStore:
             return sorted(self._voices)
 
 
+class VoiceStoreActor(VoiceStore):
+    """The store as the application's actor: also publishes the number of registered voices."""
+
+    def _count_changed(self) -> None:
+        from deployments.metrics import metric
+
+        metric("cosyvoice_registered_voices").set(len(self._voices))
+
+
 async def voice_store_actor(uri: str, app_name: str) -> Any:
     """The application's voice-store actor, created by whichever replica asks first.
 
@@ -416,7 +431,7 @@ async def voice_store_actor(uri: str, app_name: str) -> Any:
     import ray
 
     name, namespace = f"{app_name}-voice-store", "cosyvoice-serve"
-    actor_class = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, max_concurrency=16)(VoiceStore)
+    actor_class = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, max_concurrency=16)(VoiceStoreActor)
     actor = actor_class.options(name=name, namespace=namespace, lifetime="detached", get_if_exists=True).remote(uri)
     if await actor.uri.remote() != uri:
         ray.kill(actor, no_restart=True)

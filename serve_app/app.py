@@ -1,12 +1,10 @@
 """The application builder: binds every deployment into one Ray Serve application.
 
 `serve run serve_config.yaml` (or `serve run serve_app.app:build_app`) calls `build_app` with the
-config's `args`; they override `COSYVOICE_*` environment variables and the defaults.
+config's `args`, validated against `Settings`; they override `COSYVOICE_*` environment variables,
+which override the defaults. (No `from __future__ import annotations` here: Serve reads the
+annotation of `args` at run time to validate it.)
 """
-
-from __future__ import annotations
-
-from typing import Any
 
 from ray.serve import Application
 
@@ -19,8 +17,10 @@ from serve_app.ingress import ApiIngress
 from serve_app.settings import Settings
 
 
-def build_app(args: dict[str, Any] | None = None) -> Application:
-    settings = Settings(**(args or {})).resolved()
+def build_app(args: Settings) -> Application:
+    # Re-read with only the explicitly given args, so environment variables fill in the rest.
+    given = args.model_dump(exclude_unset=True) if isinstance(args, Settings) else dict(args or {})
+    settings = Settings(**given).resolved()
     frontend = TextFrontendDeployment.bind(settings)
     llm = SpeechTokenLLM.bind(settings)
     pipeline = SynthesisPipeline.bind(settings, frontend, llm, FlowDecoder.bind(settings), Vocoder.bind(settings))

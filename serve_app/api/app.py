@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from serve_app import __version__
 from serve_app.api import audio, synthesis, system, tasks, voices
 from serve_app.api.errors import install_error_handlers
+from serve_app.api.middleware import SynthesisRequestMetrics
 from serve_app.serving.state import ServiceState
 
 DESCRIPTION = """CosyVoice2 text-to-speech: a voice registry, synchronous and streaming synthesis in four
@@ -30,6 +31,7 @@ def create_api(state: ServiceState) -> FastAPI:
     app = FastAPI(title="CosyVoice2 TTS API", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.services = state
     install_error_handlers(app)
+    app.add_middleware(SynthesisRequestMetrics)
     for module in (system, voices, synthesis, tasks, audio):
         app.include_router(module.router)
     return app
