@@ -34,7 +34,6 @@ class Settings(BaseSettings):
     task_retention_s: float = Field(3600.0, ge=0, description="Finished async tasks are kept at least this long.")
     max_queued_tasks: int = Field(64, ge=1, description="Pending async tasks accepted before submissions get 503.")
     max_running_tasks: int = Field(4, ge=1, description="Async tasks synthesized at the same time.")
-    max_text_chars: int = Field(1000, ge=1, description="Longest text accepted for synthesis.")
     app_name: str = Field("cosyvoice", description="Ray Serve application name (prefixes named actors).")
 
     def resolved(self) -> Settings:
