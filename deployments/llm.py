@@ -1,9 +1,10 @@
 """LLM deployment: speech-token generation, streamed out token by token.
 
-One scheduler task per replica steps every active sequence in turn on a single worker thread:
-the model copy sees one forward at a time (concurrent forwards into one transformers model are
-not safe), sequences join and leave between steps, and a cancelled request stops being decoded
-at the next step.
+One scheduler task per replica advances every active sequence by one token per iteration, on a
+single worker thread: the sequences' one-token steps share one batched forward (continuous
+batching: sequences join and leave between steps), the model copy sees one forward at a time
+(concurrent forwards into one transformers model are not safe), and a cancelled request stops
+being decoded at the next step.
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ class SpeechTokenLLM:
             self.sequences.pop(sequence_id, None)
 
     def _step_all(self, sequences: list[tuple[int, _Sequence]]) -> list[tuple[int, int | None, BaseException | None]]:
+        try:
+            tokens = self.decoder.step_batch([sequence.state for _, sequence in sequences])
+            return [(sequence_id, token, None) for (sequence_id, _), token in zip(sequences, tokens, strict=True)]
+        except Exception:
+            logger.exception("batched decoding step failed; retrying the sequences one by one")
         results = []
         for sequence_id, sequence in sequences:
             try:

@@ -5,8 +5,9 @@ concurrent requests perturb each other's randomness and a run cannot be replayed
 runs the same computation (same inputs, same `forward_one_step` calls, same RAS sampling with
 the yaml's parameters, same min/max lengths) as explicit per-sequence state with a private
 `torch.Generator`: seeded identically, it yields exactly the tokens upstream yields after
-`torch.manual_seed(seed)`. Explicit state is also what lets a scheduler interleave many
-sequences step by step and stop a cancelled one at once.
+`torch.manual_seed(seed)`. Explicit state is also what lets a scheduler batch many sequences
+into one forward per step (continuous batching: sequences join and leave between steps) and
+stop a cancelled one at once.
 """
 
 from __future__ import annotations
@@ -89,17 +90,80 @@ class SpeechTokenDecoder:
     @torch.inference_mode()
     def step(self, state: DecodeState) -> int | None:
         """Advance one step; returns the new speech token, or None (no token this step or finished)."""
-        if state.finished:
+        if self._stop_at_max_len(state):
             return None
-        if state.step >= state.max_len:
-            state.finished = True
-            return None
-        llm = self.llm
         length = state.lm_input.shape[1]
         masks = torch.tril(torch.ones((1, length, length), device=state.lm_input.device)).to(torch.bool)
-        y_pred, state.cache = llm.llm.forward_one_step(state.lm_input, masks=masks, cache=state.cache)
-        logp = llm.llm_decoder(y_pred[:, -1]).log_softmax(dim=-1)
-        token = self.sample(logp.squeeze(dim=0), state, ignore_eos=state.step < state.min_len)
+        y_pred, state.cache = self.llm.llm.forward_one_step(state.lm_input, masks=masks, cache=state.cache)
+        return self._advance(state, self.llm.llm_decoder(y_pred[:, -1]).log_softmax(dim=-1)[0])
+
+    @torch.inference_mode()
+    def step_batch(self, states: list[DecodeState]) -> list[int | None]:
+        """Advance every sequence one step; sequences past their prompt share one forward.
+
+        A sequence's first step (its prompt) runs alone, as its length differs from every other's;
+        after that, the one-token steps of all sequences are stacked into a batch whose KV caches
+        are left-padded to a common length and masked, with each sequence's own positions.
+        """
+        tokens: dict[int, int | None] = {}
+        decoding = []
+        for index, state in enumerate(states):
+            if state.cache is None or self._stop_at_max_len(state):
+                tokens[index] = self.step(state)
+            else:
+                decoding.append(index)
+        if len(decoding) == 1:
+            tokens[decoding[0]] = self.step(states[decoding[0]])
+        elif decoding:
+            batch = [states[index] for index in decoding]
+            for index, token in zip(decoding, self._batched_decode_step(batch), strict=True):
+                tokens[index] = token
+        return [tokens[index] for index in range(len(states))]
+
+    def _batched_decode_step(self, states: list[DecodeState]) -> list[int | None]:
+        caches = [state.cache.to_legacy_cache() for state in states]
+        lengths = [layers[0][0].shape[2] for layers in caches]
+        longest = max(lengths)
+
+        def left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
+            pad = tensor.new_zeros(*tensor.shape[:2], longest - length, tensor.shape[3])
+            return torch.cat([pad, tensor], dim=2)
+
+        batched = tuple(
+            (torch.cat([left_pad(cache[layer][0], length) for cache, length in zip(caches, lengths, strict=True)]),
+             torch.cat([left_pad(cache[layer][1], length) for cache, length in zip(caches, lengths, strict=True)]))
+            for layer in range(len(caches[0])))
+        device = states[0].lm_input.device
+        attention_mask = torch.zeros(len(states), longest + 1, dtype=torch.long, device=device)
+        for row, length in enumerate(lengths):
+            attention_mask[row, longest - length:] = 1
+        from transformers import DynamicCache
+
+        outputs = self.llm.llm.model(inputs_embeds=torch.cat([state.lm_input for state in states]),
+                                     attention_mask=attention_mask,
+                                     position_ids=torch.tensor([[length] for length in lengths], device=device),
+                                     past_key_values=DynamicCache.from_legacy_cache(batched), use_cache=True,
+                                     output_hidden_states=True, return_dict=True)
+        logp = self.llm.llm_decoder(outputs.hidden_states[-1][:, -1]).log_softmax(dim=-1)
+        new_cache = outputs.past_key_values.to_legacy_cache()
+        tokens = []
+        for row, (state, length) in enumerate(zip(states, lengths, strict=True)):
+            start = longest - length  # drop this row's padding again
+            state.cache = DynamicCache.from_legacy_cache(tuple(
+                (keys[row:row + 1, :, start:].clone(), values[row:row + 1, :, start:].clone())
+                for keys, values in new_cache))
+            tokens.append(self._advance(state, logp[row]))
+        return tokens
+
+    def _stop_at_max_len(self, state: DecodeState) -> bool:
+        if not state.finished and state.step >= state.max_len:
+            state.finished = True
+        return state.finished
+
+    def _advance(self, state: DecodeState, logp: torch.Tensor) -> int | None:
+        """Sample the next token from this step's log-probabilities and feed it back."""
+        llm = self.llm
+        token = self.sample(logp, state, ignore_eos=state.step < state.min_len)
         state.step += 1
         if token == self.eos:
             state.finished = True
