@@ -51,7 +51,11 @@ class SpeechTokenLLM:
             self.scheduler = asyncio.get_running_loop().create_task(self._schedule())
 
     async def generate(self, request: SpeechTokenRequest) -> AsyncIterator[list[int]]:
-        """Yield the speech tokens of one text segment as they are sampled."""
+        """Yield the speech tokens of one text segment as they are sampled.
+
+        Each item holds every token ready at that moment: a consumer that falls behind gets
+        them in one message instead of paying a stream hop per token.
+        """
         self._ensure_scheduler()
         loop = asyncio.get_running_loop()
         state = await loop.run_in_executor(self.worker, self.decoder.start, request)
@@ -59,13 +63,24 @@ class SpeechTokenLLM:
         self.sequences[sequence_id] = _Sequence(state, queue)
         self.wakeup.set()
         try:
-            while (item := await queue.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            finished = False
+            while not finished:
+                ready = [await queue.get()]
+                while not queue.empty():
+                    ready.append(queue.get_nowait())
+                if finished := ready[-1] is None:
+                    ready.pop()
+                if errors := [item for item in ready if isinstance(item, BaseException)]:
+                    raise errors[0]
+                if ready:
+                    yield ready
         finally:
             # Also reached when the caller goes away: the scheduler stops stepping this sequence.
             self.sequences.pop(sequence_id, None)
+
+    async def generate_all(self, request: SpeechTokenRequest) -> list[int]:
+        """All speech tokens of one segment in one reply (for callers that do not stream)."""
+        return [token async for ready in self.generate(request) for token in ready]
 
     def _step_all(self, sequences: list[tuple[int, _Sequence]]) -> list[tuple[int, int | None, BaseException | None]]:
         try:
@@ -103,7 +118,7 @@ class SpeechTokenLLM:
                     continue
                 if token is not None:
                     emitted += 1
-                    sequence.queue.put_nowait([token])
+                    sequence.queue.put_nowait(token)
                 if sequence.state.finished:
                     sequence.queue.put_nowait(None)
                     self.sequences.pop(sequence_id, None)

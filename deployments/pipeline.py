@@ -93,10 +93,13 @@ class SynthesisPipeline:
             planner = StreamPlanner(prompt_token_len=len(inputs.flow_prompt.speech_token), stream=job.stream)
             tokens: list[int] = []
             stream = _SegmentStream(self, job, inputs.flow_prompt, index, len(segments), len(text_token))
-            async for new_tokens in self.llm.options(stream=True).generate.remote(request):
-                tokens.extend(new_tokens)
-                while plan := planner.next_chunk(len(tokens), llm_finished=False):
-                    yield await stream.decode(tokens, plan)
+            if job.stream:
+                async for new_tokens in self.llm.options(stream=True).generate.remote(request):
+                    tokens.extend(new_tokens)
+                    while plan := planner.next_chunk(len(tokens), llm_finished=False):
+                        yield await stream.decode(tokens, plan)
+            else:  # nothing to do before the last token: one reply instead of a stream
+                tokens = await self.llm.generate_all.remote(request)
             while plan := planner.next_chunk(len(tokens), llm_finished=True):
                 yield await stream.decode(tokens, plan)
 

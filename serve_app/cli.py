@@ -8,6 +8,8 @@ import logging
 import sys
 import time
 
+from serve_app.bench.runner import add_arguments as add_bench_arguments
+
 
 def make_model(args: argparse.Namespace) -> int:
     from tts_model.twin import directory_size, make_twin
@@ -19,6 +21,12 @@ def make_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench(args: argparse.Namespace) -> int:
+    from serve_app.bench.runner import run_bench
+
+    return run_bench(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cosyvoice-serve", description="CosyVoice2 serving tools")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -28,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     twin.add_argument("--out", required=True, help="directory to write")
     twin.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     twin.set_defaults(handler=make_model)
+    benchmark = commands.add_parser("bench", help="benchmark the service against upstream's one-process server",
+                                    description="Drive a fixed, seeded workload through the service over HTTP and "
+                                                "through an upstream-style baseline; print a table, then one JSON "
+                                                "line with the figures.")
+    add_bench_arguments(benchmark)
+    benchmark.set_defaults(handler=bench)
     return parser
 
 

@@ -1,0 +1,181 @@
+"""The baseline, run in a child process of its own.
+
+Upstream's `cosyvoice` modules driven the way upstream's FastAPI server drives them: one process,
+one model copy, each concurrent request on its own thread, no batching. Each request normalises
+and tokenises its text, then iterates upstream's `CosyVoice2Model.tts` (which starts its own LLM
+thread, polls it every 0.1 s when streaming, and runs flow + HiFT in the request's thread) and
+turns each yielded chunk into 16-bit PCM as the server's `generate_data` does. No HTTP is
+involved: the baseline is upstream's server minus its transport, which favours it.
+
+A child process gives the baseline a clean process of its own, as a standalone upstream server
+would have, so its memory is its own. Run as `python -m serve_app.bench.baseline PLAN.json RESULT.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from serve_app.bench.memory import RssSampler, own_process, pss_bytes
+from serve_app.bench.workload import BenchRequest, LevelRun, RequestResult, build_workload, warmup_request
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BaselinePlan:
+    """What the child process runs (written as JSON by the parent)."""
+
+    model_dir: str
+    dtype: str
+    voice_id: str
+    #: (mode, concurrency, requests), in the order the service ran them.
+    levels: list[tuple[str, int, int]] = field(default_factory=list)
+    seed: int = 0
+
+
+class _FlowAtDtype:
+    """The flow decoder as upstream code sees it, when it is not fp32.
+
+    Upstream's `CosyVoice2Model` hands the flow fp32 prompts and embeddings and gives its mel to
+    an fp32 HiFT; its own half-precision path relies on CUDA autocast, which does nothing on CPU.
+    Casting the floating inputs in and the mel out is the least change that lets upstream run a
+    bf16 model on CPU. An fp32 flow is handed to upstream unwrapped.
+    """
+
+    def __init__(self, flow: Any):
+        self._flow = flow
+        self._dtype = next(flow.parameters()).dtype
+
+    def inference(self, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+        cast = {key: value.to(self._dtype) if torch.is_tensor(value) and value.is_floating_point() else value
+                for key, value in kwargs.items()}
+        mel, cache = self._flow.inference(**cast)
+        return mel.float(), cache
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._flow, name)
+
+
+class UpstreamServer:
+    """What upstream's FastAPI server holds (one `CosyVoice2Model`) and does per sft request."""
+
+    def __init__(self, model: Any, voice_id: str):
+        from cosyvoice.cli.model import CosyVoice2Model
+
+        from tts_model.frontend import TextFrontend
+
+        if voice_id not in model.spk2info:
+            raise ValueError(f"the model has no speaker {voice_id!r}")
+        flow = model.flow if model.dtype == torch.float32 else _FlowAtDtype(model.flow)
+        self.upstream = CosyVoice2Model(None, flow, model.hift)
+        # Upstream's __init__ sets `self.llm = llm`; the installed copy has that line commented out.
+        self.upstream.llm = model.llm
+        self.frontend = TextFrontend(model.tokenizer)
+        self.embedding = model.spk2info[voice_id]["embedding"]
+        self.sample_rate = model.sample_rate
+        self._llm_errors: dict[int, BaseException] = {}
+        self._guard_llm_job()
+
+    def _guard_llm_job(self) -> None:
+        """Record an LLM thread's crash instead of letting it hang the request.
+
+        Upstream's streaming loop polls until its LLM thread marks the sequence finished; a thread
+        that raises never does, and the request would poll forever. Only that failure path changes.
+        """
+        original = self.upstream.llm_job
+
+        def llm_job(text: torch.Tensor, *args: Any) -> None:
+            try:
+                original(text, *args)
+            except Exception as exc:
+                self._llm_errors[id(text)] = exc
+                self.upstream.llm_end_dict[args[-1]] = True
+
+        self.upstream.llm_job = llm_job
+
+    def request(self, request: BenchRequest, stream: bool) -> RequestResult:
+        from tts_model.token2wav import segment_seed
+
+        started = time.perf_counter()
+        first: float | None = None
+        samples = 0
+        try:
+            # Upstream's inference_sft: normalise and split, then frontend_sft + tts per segment.
+            for index, segment in enumerate(self.frontend.normalize(request.text)):
+                text = torch.tensor([self.frontend.tokenize(segment)], dtype=torch.int32)
+                # Seeds the global RNG as a seeded upstream request would; concurrent requests share it.
+                torch.manual_seed(segment_seed(request.seed, index))
+                for output in self.upstream.tts(text=text, flow_embedding=self.embedding,
+                                                llm_embedding=self.embedding, stream=stream):
+                    pcm = (output["tts_speech"].numpy() * (2**15)).astype(np.int16).tobytes()
+                    if first is None and pcm:
+                        first = time.perf_counter() - started
+                    samples += len(pcm) // 2
+                if (error := self._llm_errors.pop(id(text), None)) is not None:
+                    raise error
+        except Exception as exc:  # recorded per request: concurrent forwards on one model may fail
+            return RequestResult(index=request.index, latency_s=time.perf_counter() - started,
+                                 error=f"{type(exc).__name__}: {exc}")
+        latency = time.perf_counter() - started
+        return RequestResult(index=request.index, latency_s=latency, ttfa_s=first if stream else latency,
+                             audio_s=samples / self.sample_rate)
+
+
+def run_level(server: UpstreamServer, mode: str, concurrency: int, requests: list[BenchRequest]) -> LevelRun:
+    """`concurrency` threads, each taking the next request as soon as its last one finished."""
+    stream = mode == "stream"
+    with RssSampler(own_process) as rss:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="request") as pool:
+            results = list(pool.map(lambda request: server.request(request, stream), requests))
+        wall = time.perf_counter() - started
+    return LevelRun(mode=mode, concurrency=concurrency, wall_s=wall, results=results, peak_rss_bytes=rss.peak_bytes)
+
+
+def run(plan: BaselinePlan) -> dict[str, Any]:
+    from tts_model.loader import load_model
+
+    model = load_model(plan.model_dir, dtype=plan.dtype)
+    server = UpstreamServer(model, plan.voice_id)
+    for mode in dict.fromkeys(mode for mode, _, _ in plan.levels):
+        warm = server.request(warmup_request(), stream=mode == "stream")
+        logger.info("baseline warm-up (%s): %.1f s%s", mode, warm.latency_s, f", {warm.error}" if warm.error else "")
+    levels = []
+    for mode, concurrency, count in plan.levels:
+        level = run_level(server, mode, concurrency, build_workload(count, plan.seed))
+        logger.info("baseline %s c=%d: %d requests in %.1f s", mode, concurrency, count, level.wall_s)
+        levels.append(level)
+    return {"levels": [level.to_dict() for level in levels], "torch_threads": torch.get_num_threads(),
+            "pss_bytes": pss_bytes(own_process())}
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    plan_path, result_path = map(Path, argv)
+    data = json.loads(plan_path.read_text())
+    data["levels"] = [tuple(level) for level in data["levels"]]
+    result = run(BaselinePlan(**data))
+    result_path.write_text(json.dumps(result))
+    # Upstream may leave an LLM thread of a failed request running; do not wait for it.
+    if threading.active_count() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

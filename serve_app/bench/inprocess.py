@@ -1,0 +1,63 @@
+"""The service's pipeline path called in-process: what HTTP and Ray add is measured against it.
+
+The same functions the deployments call (`TextFrontend`, `SpeechTokenDecoder`, `flow_mel`,
+`vocode`, the WAV encoder), with the same seeds, so a request gives exactly the audio the service
+gives for it, and with the replicas' torch thread count. Service latency minus this latency, for
+the same request, is the per-request cost of HTTP, the proxy and the deployment hops.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from serve_app.bench.workload import BenchRequest, RequestResult
+
+
+class InProcessPipeline:
+    """The service's whole-mode sft path as plain function calls: no HTTP, no Ray."""
+
+    def __init__(self, model: Any, voice_id: str):
+        from tts_model.frontend import TextFrontend, VoiceFeatures
+        from tts_model.llm_decode import SpeechTokenDecoder
+        from tts_model.modes import SynthesisMode, mode_inputs
+
+        self.model = model
+        self.frontend = TextFrontend(model.tokenizer)
+        self.decoder = SpeechTokenDecoder(model.llm, model.sampling_params)
+        self.inputs = mode_inputs(SynthesisMode.SFT, VoiceFeatures.from_spk2info(model.spk2info[voice_id]))
+
+    def request(self, request: BenchRequest) -> RequestResult:
+        from serve_app.audio_io import encode_audio
+        from tts_model.llm_decode import SpeechTokenRequest
+        from tts_model.token2wav import chunk_seed, flow_mel, segment_seed, vocode
+
+        started = time.perf_counter()
+        segments = [tokens for tokens in map(self.frontend.tokenize, self.frontend.normalize(request.text)) if tokens]
+        pieces = []
+        for index, text_token in enumerate(segments):
+            state = self.decoder.start(SpeechTokenRequest(
+                text_token=text_token, prompt_text_token=self.inputs.llm_prompt_text,
+                prompt_speech_token=self.inputs.llm_prompt_speech, seed=segment_seed(request.seed, index)))
+            while not state.finished:
+                self.decoder.step(state)
+            mel = flow_mel(self.model.flow, state.out_tokens, self.inputs.flow_prompt, 0, False, True,
+                           self.model.token_mel_ratio)
+            pcm, _ = vocode(self.model.hift, mel, None, True, 1.0, chunk_seed(request.seed, index, 0))
+            pieces.append(pcm)
+        samples = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+        encode_audio(samples, self.model.sample_rate, "wav")  # the service answers with a stored WAV
+        latency = time.perf_counter() - started
+        return RequestResult(index=request.index, latency_s=latency, ttfa_s=latency,
+                             audio_s=len(samples) / self.model.sample_rate)
+
+
+def load_inprocess(model_dir: str, dtype: str, voice_id: str, torch_threads: int) -> InProcessPipeline:
+    import torch
+
+    from tts_model.loader import load_model
+
+    torch.set_num_threads(torch_threads)
+    return InProcessPipeline(load_model(model_dir, dtype=dtype), voice_id)

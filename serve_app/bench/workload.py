@@ -1,0 +1,146 @@
+"""The benchmark's fixed workload, and the figures computed from its requests.
+
+Both sides of the comparison (the service over HTTP, the upstream-style baseline in one process)
+run exactly these requests and are summarised by the same functions, so their figures compare.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: English sentences of varied length. Each stays under the front end's 80-token split limit, so
+#: every request is one text segment and "first audio" means the same thing on both sides.
+SENTENCES: tuple[str, ...] = (
+    "Hello, and welcome.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Please leave your message after the tone.",
+    "It is twenty past four, and the train to the city is running ten minutes late.",
+    "Good morning!",
+    "Our meeting has been moved to Thursday afternoon, in the small conference room on the third floor.",
+    "She sells sea shells by the sea shore.",
+    "Thank you for calling; all of our agents are busy at the moment, so please stay on the line.",
+    "Turn left at the next intersection.",
+    "The library will be closed on Monday for the public holiday, and will reopen on Tuesday at nine.",
+    "Can you hear me now?",
+    "A gentle breeze drifted across the valley as the sun slowly set behind the distant hills.",
+    "Your order has shipped.",
+    "Remember to bring a warm jacket, because the forecast says it will be cold and windy tonight.",
+    "The answer is 42, give or take 3.5 percent.",
+    "In the end, the small team finished the project two weeks ahead of schedule and well under budget.",
+)
+#: Sent once per mode before any measured request: first calls pay one-off costs (the text
+#: normaliser's grammar load, lazy allocations) that a running service has long paid.
+WARMUP_TEXT = "This sentence warms the pipeline up."
+WARMUP_SEED = 2**31 - 1
+
+MODES = ("stream", "whole")
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    index: int
+    text: str
+    seed: int
+
+
+def build_workload(count: int, seed: int = 0) -> list[BenchRequest]:
+    """Request i speaks sentence i (cycling) with seed `seed + i`: the same at every level and side."""
+    return [BenchRequest(index=i, text=SENTENCES[i % len(SENTENCES)], seed=seed + i) for i in range(count)]
+
+
+def warmup_request() -> BenchRequest:
+    return BenchRequest(index=-1, text=WARMUP_TEXT, seed=WARMUP_SEED)
+
+
+@dataclass
+class RequestResult:
+    """One request as its client saw it. Times are seconds from sending the request."""
+
+    index: int
+    latency_s: float
+    #: Time to the first audio sample (streaming); the full response time in whole mode.
+    ttfa_s: float | None = None
+    audio_s: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class LevelRun:
+    """One side's run of one mode at one concurrency."""
+
+    mode: str
+    concurrency: int
+    wall_s: float
+    results: list[RequestResult] = field(default_factory=list)
+    #: Peak of the summed RSS of the side's processes during the run (None: not measurable).
+    peak_rss_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LevelRun:
+        results = [RequestResult(**result) for result in data.get("results", [])]
+        return cls(mode=data["mode"], concurrency=data["concurrency"], wall_s=data["wall_s"], results=results,
+                   peak_rss_bytes=data.get("peak_rss_bytes"))
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-th percentile, interpolated linearly between order statistics (numpy's default)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100.0
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 1)
+
+
+def summarize(run: LevelRun) -> dict[str, Any]:
+    """The reported figures of one run.
+
+    throughput: seconds of audio produced per second of wall time over the whole run;
+    rtf: median over requests of processing time / audio seconds (below 1 is faster than real time).
+    """
+    ok = [result for result in run.results if result.ok]
+    audio_s = sum(result.audio_s for result in ok)
+    ttfa = [result.ttfa_s for result in ok if result.ttfa_s is not None]
+    rtf = [result.latency_s / result.audio_s for result in ok if result.audio_s > 0]
+    errors = [result.error for result in run.results if not result.ok]
+    return {
+        "requests": len(run.results),
+        "errors": len(errors),
+        "wall_s": round(run.wall_s, 3),
+        "audio_s": round(audio_s, 3),
+        "throughput": round(audio_s / run.wall_s, 4) if run.wall_s > 0 else None,
+        "ttfa_p50_ms": _ms(percentile(ttfa, 50)),
+        "ttfa_p95_ms": _ms(percentile(ttfa, 95)),
+        "latency_p50_ms": _ms(percentile([result.latency_s for result in ok], 50)),
+        "rtf": round(statistics.median(rtf), 4) if rtf else None,
+        "peak_rss_mb": None if run.peak_rss_bytes is None else round(run.peak_rss_bytes / 2**20, 1),
+        "first_error": errors[0] if errors else None,
+    }
+
+
+def ratio(service: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float | None]:
+    """service / baseline for each compared figure (throughput: above 1 is better for the service;
+    ttfa, rtf and memory: below 1 is)."""
+    def divide(key: str) -> float | None:
+        numerator, denominator = service.get(key), baseline.get(key)
+        if numerator is None or not denominator:
+            return None
+        return round(numerator / denominator, 3)
+
+    return {"throughput": divide("throughput"), "ttfa_p50": divide("ttfa_p50_ms"), "rtf": divide("rtf"),
+            "peak_rss": divide("peak_rss_mb")}

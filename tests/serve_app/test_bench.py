@@ -1,0 +1,84 @@
+"""`cosyvoice-serve bench`: the report's arithmetic, and the CI short mode end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serve_app.bench.report import compose, format_table, overhead
+from serve_app.bench.workload import SENTENCES, LevelRun, RequestResult, build_workload, percentile, summarize
+
+
+def test_workload_is_fixed_and_seeded() -> None:
+    requests = build_workload(20, seed=5)
+    assert [request.seed for request in requests] == list(range(5, 25))
+    assert requests[16].text == SENTENCES[0]
+    assert build_workload(20, seed=5) == requests
+
+
+@pytest.mark.parametrize("count", [1, 2, 5, 17])
+def test_percentile_matches_numpy(count: int) -> None:
+    values = list(np.random.default_rng(count).random(count))
+    for q in (50, 95):
+        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+def level(mode: str, concurrency: int, latencies: list[float], audio: float = 2.0, wall: float = 4.0,
+          failed: int = 0) -> LevelRun:
+    results = [RequestResult(index=i, latency_s=latency, ttfa_s=latency / 2, audio_s=audio)
+               for i, latency in enumerate(latencies)]
+    results += [RequestResult(index=len(results) + i, latency_s=0.1, error="boom") for i in range(failed)]
+    return LevelRun(mode=mode, concurrency=concurrency, wall_s=wall, results=results, peak_rss_bytes=2**30)
+
+
+def test_summary_counts_only_successful_audio() -> None:
+    figures = summarize(level("stream", 2, [1.0, 2.0, 3.0], failed=1))
+    assert figures["requests"] == 4 and figures["errors"] == 1 and figures["first_error"] == "boom"
+    assert figures["audio_s"] == 6.0 and figures["throughput"] == 1.5
+    assert figures["ttfa_p50_ms"] == 1000.0 and figures["rtf"] == 1.0 and figures["peak_rss_mb"] == 1024.0
+
+
+def test_report_pairs_sides_and_overhead() -> None:
+    service = [level("whole", 1, [1.0, 1.0]), level("whole", 4, [2.0, 2.0], wall=2.0)]
+    baseline = [level("whole", 1, [2.0, 2.0], wall=8.0)]
+    pairs = [(RequestResult(i, 1.010 + i, audio_s=1.0), RequestResult(i, 1.0 + i, audio_s=1.0)) for i in range(3)]
+    report = compose({"model": "m", "dtype": "fp32"}, service, baseline, pairs)
+    first, second = report["results"]
+    assert first["ratio"]["throughput"] == 2.0 and first["ratio"]["ttfa_p50"] == 0.5
+    assert second["baseline"] is None and second["ratio"] is None
+    assert report["overhead_ms"] == pytest.approx(10.0) and report["overhead"]["same_audio"] is True
+    assert "overhead per request" in format_table(report)
+    assert overhead([]) is None
+
+
+def bench_command() -> list[str]:
+    script = Path(sys.executable).with_name("cosyvoice-serve")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "serve_app.cli"]
+
+
+def test_quick_bench_ends_with_its_json_report(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The CI short mode, as a subprocess: it starts a Ray instance of its own, never the session's."""
+    output = tmp_path / "report.json"
+    completed = subprocess.run([*bench_command(), "bench", "--quick", "--model-dir", str(tiny_model_dir),
+                                "--output", str(output)], cwd=tmp_path, capture_output=True, text=True,
+                               timeout=600)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert report["quick"] is True and report["voice_id"] == "pretrained_voice_001"
+    assert {(entry["mode"], entry["concurrency"]) for entry in report["results"]} == {
+        (mode, concurrency) for mode in ("stream", "whole") for concurrency in (1, 2)}
+    for entry in report["results"]:
+        assert entry["service"]["errors"] == 0
+        for side in ("service", "baseline"):
+            figures = entry[side]
+            assert figures["throughput"] > 0 and figures["ttfa_p50_ms"] > 0 and figures["ttfa_p95_ms"] > 0
+            assert figures["rtf"] > 0 and figures["peak_rss_mb"] > 0
+        assert entry["ratio"]["throughput"] > 0
+    assert isinstance(report["overhead_ms"], float)
+    assert report["overhead"]["same_audio"] is True
+    assert json.loads(output.read_text()) == report
