@@ -28,7 +28,9 @@ def create_api(state: ServiceState) -> FastAPI:
         finally:
             sweeper.cancel()
 
-    app = FastAPI(title="CosyVoice2 TTS API", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # Collections declare both slash forms; anything else gets the error shape, not a bare redirect.
+    app = FastAPI(title="CosyVoice2 TTS API", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  redirect_slashes=False)
     app.state.services = state
     install_error_handlers(app)
     app.add_middleware(SynthesisRequestMetrics)

@@ -69,7 +69,8 @@ class VoiceUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(None, min_length=1, max_length=100, description="New display name.")
+    # `str` with a default that is never validated: leaving `name` out keeps it, an explicit null is a 422.
+    name: str = Field(None, min_length=1, max_length=100, description="New display name.")
     description: str | None = Field(None, max_length=500, description="New description (null clears it).")
     language: str | None = Field(None, max_length=16, description="New language tag (null clears it).")
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import StreamingResponse
 
 from serve_app.api.deps import Synthesis
+from serve_app.api.errors import invalid_request
 from serve_app.api.protocol import MAX_TEXT_CHARS, AudioFormat, InstructRequest, SftRequest, SynthesisResult
 from serve_app.serving.synthesis import SynthesisService
 from tts_model.frontend import MAX_PROMPT_SECONDS
@@ -28,6 +29,17 @@ Format = Annotated[AudioFormat, Form(description="Output format.")]
 Stream = Annotated[bool, Form(description="Stream chunked audio/wav.")]
 Seed = Annotated[int | None, Form(ge=0, le=2**31 - 1, description="Sampling seed for reproducible audio.")]
 PromptTextForm = Annotated[str | None, Form(max_length=500, description="Transcript of prompt_audio (zero-shot).")]
+
+
+async def reject_blank_form_text(request: Request) -> None:
+    """Blank `text` is a 400 (§4), but FastAPI reads an empty form field as a missing one (a 422):
+    look at the raw form (already parsed and cached by then) before the fields are validated."""
+    text = (await request.form()).get("text")
+    if isinstance(text, str) and not text.strip():
+        raise invalid_request("text must not be blank")
+
+
+FORM_CHECKS = [Depends(reject_blank_form_text)]
 
 
 async def respond(service: SynthesisService, job, fmt: AudioFormat, stream: bool):
@@ -51,7 +63,7 @@ async def instruct(request: InstructRequest, service: Synthesis):
     return await respond(service, job, request.format, request.stream)
 
 
-@router.post("/zero-shot", response_model=SynthesisResult, responses=STREAM_RESPONSE)
+@router.post("/zero-shot", response_model=SynthesisResult, responses=STREAM_RESPONSE, dependencies=FORM_CHECKS)
 async def zero_shot(service: Synthesis, text: Text, voice_id: VoiceId = None, prompt_audio: PromptAudio = None,
                     prompt_text: PromptTextForm = None, speed: Speed = 1.0, format: Format = AudioFormat.wav,
                     stream: Stream = False, seed: Seed = None):
@@ -60,7 +72,8 @@ async def zero_shot(service: Synthesis, text: Text, voice_id: VoiceId = None, pr
     return await respond(service, job, format, stream)
 
 
-@router.post("/cross-lingual", response_model=SynthesisResult, responses=STREAM_RESPONSE)
+@router.post("/cross-lingual", response_model=SynthesisResult, responses=STREAM_RESPONSE,
+             dependencies=FORM_CHECKS)
 async def cross_lingual(service: Synthesis, text: Text, voice_id: VoiceId = None, prompt_audio: PromptAudio = None,
                         prompt_text: PromptTextForm = None,
                         speed: Speed = 1.0, format: Format = AudioFormat.wav, stream: Stream = False,

@@ -22,7 +22,17 @@ from serve_app.api.protocol import (
     TaskState,
     TaskSubmitted,
 )
-from serve_app.api.synthesis import Format, PromptAudio, PromptTextForm, Seed, Speed, Stream, Text, VoiceId
+from serve_app.api.synthesis import (
+    FORM_CHECKS,
+    Format,
+    PromptAudio,
+    PromptTextForm,
+    Seed,
+    Speed,
+    Stream,
+    Text,
+    VoiceId,
+)
 from tts_model.modes import SynthesisMode
 
 router = APIRouter(prefix="/api/v1/async", tags=["async tasks"])
@@ -44,7 +54,7 @@ async def submit_instruct(request: InstructRequest, synthesis: Synthesis, tasks:
     return await tasks.submit(job, request.format.value)
 
 
-@router.post("/synthesize/zero-shot", **ACCEPTED)
+@router.post("/synthesize/zero-shot", **ACCEPTED, dependencies=FORM_CHECKS)
 async def submit_zero_shot(synthesis: Synthesis, tasks: Tasks, text: Text, voice_id: VoiceId = None,
                            prompt_audio: PromptAudio = None, prompt_text: PromptTextForm = None, speed: Speed = 1.0,
                            format: Format = AudioFormat.wav, stream: Stream = False, seed: Seed = None) -> dict:
@@ -53,7 +63,7 @@ async def submit_zero_shot(synthesis: Synthesis, tasks: Tasks, text: Text, voice
     return await tasks.submit(job, format.value)
 
 
-@router.post("/synthesize/cross-lingual", **ACCEPTED)
+@router.post("/synthesize/cross-lingual", **ACCEPTED, dependencies=FORM_CHECKS)
 async def submit_cross_lingual(synthesis: Synthesis, tasks: Tasks, text: Text, voice_id: VoiceId = None,
                                prompt_audio: PromptAudio = None, prompt_text: PromptTextForm = None,
                                speed: Speed = 1.0, format: Format = AudioFormat.wav, stream: Stream = False,

@@ -70,7 +70,10 @@ async def get_voice(voice_id: str, voices: Voices) -> dict:
 
 @router.put("/{voice_id}", response_model=Voice)
 async def update_voice(voice_id: str, update: VoiceUpdate, voices: Voices) -> dict:
-    return await voices.update(voice_id, update.model_dump(exclude_unset=True))
+    changes = update.model_dump(exclude_unset=True)
+    # As at registration, an empty description or language means none.
+    changes.update({key: None for key in ("description", "language") if changes.get(key) == ""})
+    return await voices.update(voice_id, changes)
 
 
 @router.delete("/{voice_id}", response_model=VoiceDeleted)

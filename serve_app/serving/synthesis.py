@@ -52,16 +52,17 @@ class SynthesisService:
         if not text.strip():
             raise invalid_request("text must not be blank")
         check_output_format(fmt, stream)
-        voice_id = voice_id or None
         if mode in (SynthesisMode.ZERO_SHOT, SynthesisMode.CROSS_LINGUAL):
+            # An empty form field is no voice_id; in sft/instruct an empty id is just an unknown voice (404).
+            voice_id = voice_id or None
             if (voice_id is None) == (prompt_audio is None):
                 raise invalid_request("give exactly one voice source: voice_id or prompt_audio")
             if mode is SynthesisMode.ZERO_SHOT and prompt_audio is not None and not (prompt_text or "").strip():
                 raise invalid_request("prompt_text is required with prompt_audio in zero-shot mode")
         if mode is SynthesisMode.INSTRUCT and not (instruct_text or "").strip():
             raise invalid_request("instruct_text must not be blank")
-        if voice_id is not None:
-            voice = await self.voices.features(voice_id)
+        if voice_id is not None or mode in (SynthesisMode.SFT, SynthesisMode.INSTRUCT):
+            voice = await self.voices.features(voice_id or "")
         else:
             transcript = prompt_text if mode is SynthesisMode.ZERO_SHOT else None
             voice = await self.voices.features_from_upload(prompt_audio, transcript)
