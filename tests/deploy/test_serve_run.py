@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-BURST_TEXT = " ".join(["This sentence is one of many that together make a long text for the model to read."] * 4)
+BURST_TEXT = " ".join(["This sentence is one of many that together make a long text for the model to read."] * 8)
 
 
 def free_port() -> int:
@@ -67,7 +67,7 @@ def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
             raise AssertionError("serve run did not become healthy:\n" + (work / "serve.log").read_text()[-3000:])
         dashboard = re.search(r"http://(?:127\.0\.0\.1|localhost|[\d.]+):\d+", dashboard_line(work / "serve.log"))
         yield {"base_url": base_url, "dashboard": dashboard.group(0) if dashboard else None, "cli": serve_cli,
-               "env": env}
+               "env": env, "status_log": work / "status.log"}
     finally:
         os.killpg(process.pid, signal.SIGINT)  # serve run shuts the app and its Ray down on Ctrl-C
         try:
@@ -85,13 +85,16 @@ def dashboard_line(log: Path) -> str:
 
 
 def llm_replicas(served: dict) -> int:
+    """LLM replicas the controller is running or starting (what autoscaling decided)."""
     result = subprocess.run([served["cli"], "status", "--address", served["dashboard"]], capture_output=True,
                             text=True, timeout=60, env=served["env"])
     assert result.returncode == 0, result.stderr[-2000:]
     output = result.stdout
     deployment = yaml.safe_load(output)["applications"]["cosyvoice"]["deployments"]["SpeechTokenLLM"]
     assert "replica_states" in deployment, output
-    return int(deployment["replica_states"].get("RUNNING", 0))
+    with open(served["status_log"], "a") as log:
+        log.write(output + "\n---\n")
+    return sum(int(deployment["replica_states"].get(state, 0)) for state in ("STARTING", "RUNNING", "UPDATING"))
 
 
 def test_serve_run_serves_the_api(served) -> None:
@@ -114,7 +117,7 @@ def test_a_burst_scales_the_llm_up_and_back_down(served) -> None:
 
     peak, deadline = 1, time.monotonic() + 120
     while peak < 2 and time.monotonic() < deadline:  # bounded: a few bursts at most
-        burst = [threading.Thread(target=stream_one, args=(seed,)) for seed in range(6)]
+        burst = [threading.Thread(target=stream_one, args=(seed,)) for seed in range(8)]
         for thread in burst:
             thread.start()
         while any(thread.is_alive() for thread in burst):
