@@ -82,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="CI short mode: tiny twin, concurrency 1 and 2, few requests, both modes")
     parser.add_argument("--output", help="also write the JSON report to this file")
+    parser.add_argument("--soak", type=int, default=None, metavar="N",
+                        help="instead of the levels: N consecutive whole-mode requests to a local service, reporting "
+                             "each replica's RSS after the first 50 against its RSS at the end")
 
 
 @dataclass
@@ -237,11 +240,32 @@ def run_baseline(options: BenchOptions, voice_id: str) -> dict[str, Any]:
     return result
 
 
+def run_soak(options: BenchOptions, count: int) -> int:
+    """The memory soak (see `serve_app.bench.soak`); 0 when every replica stayed within bounds."""
+    from serve_app.bench.service import LocalService, pick_voice, wait_ready
+    from serve_app.bench.soak import soak
+
+    async def drive(base_url: str, processes: Any) -> dict[str, Any]:
+        await wait_ready(base_url)
+        voice_id = options.voice or await pick_voice(base_url)
+        return await soak(base_url, processes, count, min(50, count), options.seed, voice_id)
+
+    with LocalService(options.model_dir, options.dtype, options.torch_threads) as service:
+        report = asyncio.run(drive(service.base_url, service.processes))
+    for row in report["processes"]:
+        print(f"{row['process'][:70]:70s} {row['rss_mb_after_warmup']:9.1f} MB -> {row['rss_mb_at_end']:9.1f} MB "
+              f"({100 * row['growth']:+.2f}%)")
+    print(json.dumps(dict(report, model=str(options.model_dir), dtype=options.dtype)), flush=True)
+    return 0 if report["within_bound"] and not report["failures"] else 1
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """Run the benchmark; 0 when every service request succeeded (the baseline may fail requests)."""
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     options = resolve_options(args)
+    if args.soak:
+        return run_soak(options, args.soak)
     logger.info("benchmarking %s (%s): modes %s, concurrency %s", options.model_dir, options.dtype,
                 ",".join(options.modes), ",".join(map(str, options.concurrency)))
     service = run_service(options)
