@@ -85,6 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--soak", type=int, default=None, metavar="N",
                         help="instead of the levels: N consecutive whole-mode requests to a local service, reporting "
                              "each replica's RSS after the first 50 against its RSS at the end")
+    parser.add_argument("--chunk-cost", action="store_true",
+                        help="instead of the levels: time each streamed flow chunk of one growing utterance")
 
 
 @dataclass
@@ -266,6 +268,15 @@ def run_bench(args: argparse.Namespace) -> int:
     options = resolve_options(args)
     if args.soak:
         return run_soak(options, args.soak)
+    if args.chunk_cost:
+        from serve_app.bench.chunks import chunk_costs
+
+        report = chunk_costs(str(options.model_dir), options.dtype, options.torch_threads)
+        for row in report["chunks"]:
+            print(f"chunk {row['chunk']:2d}: {row['tokens']:4d} tokens so far, {row['new_frames']} new mel frames, "
+                  f"{row['seconds']:.3f} s")
+        print(json.dumps(report), flush=True)
+        return 0
     logger.info("benchmarking %s (%s): modes %s, concurrency %s", options.model_dir, options.dtype,
                 ",".join(options.modes), ",".join(map(str, options.concurrency)))
     service = run_service(options)

@@ -1,0 +1,35 @@
+"""Per-chunk cost of streamed flow decoding as an utterance grows.
+
+Upstream's streaming schedule decodes `tokens[:end]` from the start at every chunk and keeps the
+new frames, so each chunk costs more than the one before; this measures by how much.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+
+def chunk_costs(model_dir: str, dtype: str, threads: int, chunks: int = 12, seed: int = 0) -> dict[str, Any]:
+    import torch
+
+    from tts_model.frontend import VoiceFeatures
+    from tts_model.loader import load_model
+    from tts_model.token2wav import FlowPrompt, StreamPlanner, flow_mel
+
+    torch.set_num_threads(threads)
+    model = load_model(model_dir, parts=["flow", "frontend"], dtype=dtype)
+    voice = VoiceFeatures.from_spk2info(next(iter(model.spk2info.values())))
+    prompt = FlowPrompt(voice.speech_token, voice.speech_feat, voice.embedding)
+    tokens = np.random.default_rng(seed).integers(0, 6561, 25 * (chunks + 4)).tolist()
+    planner = StreamPlanner(len(voice.speech_token), stream=True)
+    rows = []
+    while len(rows) < chunks and (plan := planner.next_chunk(len(tokens), llm_finished=False)):
+        started = time.perf_counter()
+        mel = flow_mel(model.flow, tokens[:plan.end], prompt, plan.token_offset, plan.streaming, plan.finalize)
+        rows.append({"chunk": len(rows), "tokens": plan.end, "new_frames": int(mel.shape[1]),
+                     "seconds": round(time.perf_counter() - started, 3)})
+    return {"prompt_tokens": len(voice.speech_token), "dtype": dtype, "threads": threads, "chunks": rows,
+            "last_over_first": round(rows[-1]["seconds"] / rows[0]["seconds"], 2)}
