@@ -83,8 +83,8 @@ class TaskManager:
     def __init__(self, store_uri: str, outputs_uri: str, app_name: str, max_queued: int, max_running: int,
                  retention_s: float):
         self.store, self.outputs = BlobStore(store_uri), BlobStore(outputs_uri)
-        self.app_name, self.max_queued, self.max_running, self.retention_s = app_name, max_queued, max_running, \
-            retention_s
+        self.app_name, self.retention_s = app_name, retention_s
+        self.max_queued, self.max_running = max_queued, max_running
         self.tasks: dict[str, dict[str, Any]] = {}
         self.jobs: dict[str, tuple[Any, str]] = {}  # pending task id -> (job, format)
         self.queue: deque[str] = deque()
@@ -156,11 +156,9 @@ class TaskManager:
             result = await ref
             record.update(status=COMPLETED, progress=1.0, result=dict(result, task_id=task_id))
         except asyncio.CancelledError:
-            record.update(status=CANCELLED, error=record.get("error") or "cancelled")
+            record.update(status=CANCELLED, error=record["error"] or "cancelled")
         except Exception as exc:
-            if record["status"] == CANCELLED:
-                pass
-            else:
+            if record["status"] != CANCELLED:  # a cancelled render ends in an error too
                 logger.warning("task %s failed: %r", task_id, exc)
                 record.update(status=FAILED, error=f"synthesis failed: {_reason(exc)}")
         finally:

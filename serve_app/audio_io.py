@@ -198,6 +198,22 @@ def streaming_wav_header(sample_rate: int, channels: int = 1, bits: int = 16) ->
     return _wav_header(sample_rate, channels, bits, data_size=0xFFFFFFFF, riff_size=0xFFFFFFFF)
 
 
+def soundfile_container(fmt: str) -> tuple[str, str] | None:
+    """(container, subtype) of an output format libsndfile writes, None for WAV (written here).
+
+    Raises AudioError("unsupported_format") for other formats, and for MP3 without an encoder.
+    """
+    if fmt == "wav":
+        return None
+    if fmt == "flac":
+        return "FLAC", "PCM_16"
+    if fmt == "mp3":
+        if "MP3" not in sf.available_formats():
+            raise AudioError("unsupported_format", "MP3 output is not available on this server (no MP3 encoder)")
+        return "MP3", "MPEG_LAYER_III"
+    raise AudioError("unsupported_format", f"Unsupported audio format '{fmt}'; use one of wav, mp3, flac")
+
+
 def encode_audio(samples: np.ndarray, sample_rate: int, fmt: str) -> bytes:
     """Encode mono float samples as `wav` (16-bit PCM RIFF), `flac` or `mp3`.
 
@@ -207,17 +223,11 @@ def encode_audio(samples: np.ndarray, sample_rate: int, fmt: str) -> bytes:
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     fmt = fmt.lower()
-    if fmt == "wav":
+    writer = soundfile_container(fmt)
+    if writer is None:
         pcm = pcm16_bytes(samples)
         return _wav_header(sample_rate, 1, 16, data_size=len(pcm), riff_size=36 + len(pcm)) + pcm
-    if fmt == "flac":
-        container, subtype = "FLAC", "PCM_16"
-    elif fmt == "mp3":
-        if "MP3" not in sf.available_formats():
-            raise AudioError("unsupported_format", "MP3 output is not available on this server (no MP3 encoder)")
-        container, subtype = "MP3", "MPEG_LAYER_III"
-    else:
-        raise AudioError("unsupported_format", f"Unsupported audio format '{fmt}'; use one of wav, mp3, flac")
+    container, subtype = writer
     buffer = io.BytesIO()
     try:
         sf.write(buffer, _prepare(samples), sample_rate, format=container, subtype=subtype)

@@ -8,12 +8,11 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
-import numpy as np
 from fastapi import UploadFile
 
 from deployments.pipeline import SynthesisJob
 from serve_app.api.errors import ApiError, invalid_request
-from serve_app.audio_io import AudioError, encode_audio, pcm16_bytes, streaming_wav_header
+from serve_app.audio_io import AudioError, pcm16_bytes, soundfile_container, streaming_wav_header
 from serve_app.rendering import render_to_store
 from serve_app.serving.voices import VoiceService
 from serve_app.storage import BlobStore
@@ -27,7 +26,7 @@ def check_output_format(fmt: str, stream: bool) -> None:
     if stream and fmt != "wav":
         raise ApiError(400, "unsupported_format", f"streaming produces wav only, not {fmt}")
     try:
-        encode_audio(np.zeros(480, dtype=np.float32), 24000, fmt)
+        soundfile_container(fmt)
     except AudioError as exc:
         raise ApiError(400, exc.code, exc.message) from exc
 

@@ -9,10 +9,11 @@ import uuid
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import av
 import httpx
 import numpy as np
 import soundfile as sf
+
+from tests.audio_samples import m4a_bytes
 
 MODEL_RATE = 24000
 PRETRAINED = ("pretrained_voice_001", "pretrained_voice_002")
@@ -49,19 +50,7 @@ def encoded_sample(fmt: str, seconds: float = 1.5, rate: int = 16000, channels: 
     """Speech-like audio as a wav, flac, mp3 or m4a (AAC in MP4) file."""
     mono = speech_like(seconds, rate)
     if fmt == "m4a":
-        buffer = io.BytesIO()
-        with av.open(buffer, "w", format="ipod") as container:
-            stream = container.add_stream("aac", rate=rate)
-            stream.layout = "mono"
-            for start in range(0, len(mono), 1024):
-                frame = av.AudioFrame.from_ndarray(mono[start:start + 1024].reshape(1, -1), format="flt",
-                                                   layout="mono")
-                frame.sample_rate = rate
-                for packet in stream.encode(frame):
-                    container.mux(packet)
-            for packet in stream.encode(None):
-                container.mux(packet)
-        return buffer.getvalue()
+        return m4a_bytes(mono, rate)
     container, subtype = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"),
                           "mp3": ("MP3", "MPEG_LAYER_III")}[fmt]
     samples = mono if channels == 1 else np.stack([mono] * channels, axis=1)

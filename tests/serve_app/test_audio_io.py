@@ -7,7 +7,6 @@ import io
 import struct
 import zipfile
 
-import av
 import numpy as np
 import pytest
 import soundfile as sf
@@ -22,6 +21,7 @@ from serve_app.audio_io import (
     read_limited,
     streaming_wav_header,
 )
+from tests.audio_samples import m4a_bytes
 
 SR = 16000
 
@@ -38,23 +38,6 @@ def soundfile_bytes(samples: np.ndarray, fmt: str, subtype: str, sample_rate: in
     return buffer.getvalue()
 
 
-def m4a_bytes(samples: np.ndarray, sample_rate: int = SR) -> bytes:
-    """AAC in an MP4 (M4A) container, which libsndfile cannot read."""
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="ipod") as container:
-        stream = container.add_stream("aac", rate=sample_rate)
-        stream.layout = "mono"
-        for start in range(0, len(samples), 1024):
-            frame = av.AudioFrame.from_ndarray(samples[start:start + 1024].reshape(1, -1), format="flt",
-                                               layout="mono")
-            frame.sample_rate = sample_rate
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buffer.getvalue()
-
-
 def wav_bytes(samples: np.ndarray, sample_rate: int = SR) -> bytes:
     return soundfile_bytes(samples, "WAV", "PCM_16", sample_rate)
 
@@ -64,7 +47,7 @@ ENCODERS = {
     "flac": lambda x: soundfile_bytes(x, "FLAC", "PCM_16"),
     "ogg": lambda x: soundfile_bytes(x, "OGG", "VORBIS"),
     "mp3": lambda x: soundfile_bytes(x, "MP3", "MPEG_LAYER_III"),
-    "m4a": m4a_bytes,
+    "m4a": lambda x: m4a_bytes(x, SR),  # libsndfile cannot write (or read) AAC in MP4
 }
 
 
