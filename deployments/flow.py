@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import asyncio
 
 import numpy as np
 from ray import serve
@@ -10,24 +10,33 @@ from ray import serve
 from deployments.metrics import StageLoad
 from deployments.model_stage import load_stage
 from serve_app.settings import Settings
-from tts_model.token2wav import FlowPrompt, flow_mel
+from tts_model.token2wav import FlowPrompt, FlowRequest, flow_mel_batch
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=8)
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=16)
 class FlowDecoder:
-    """Stateless: the stream's token offset arrives with each call."""
+    """Stateless: the stream's token offset arrives with each call.
+
+    Concurrent calls are batched: those that arrive while a batch runs form the next one, so a
+    busy replica runs one estimator pass for many streams and an idle one waits for nobody.
+    """
 
     def __init__(self, settings: Settings):
         self.model, _ = load_stage(settings, ["flow"])
-        self.lock = threading.Lock()
         self.load = StageLoad("flow")
+        self.decode_batch.set_max_batch_size(settings.flow_max_batch_size)
+        self.decode_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
 
-    def decode(self, tokens: list[int], prompt: FlowPrompt, token_offset: int, streaming: bool,
-               finalize: bool) -> np.ndarray:
+    async def decode(self, tokens: list[int], prompt: FlowPrompt, token_offset: int, streaming: bool,
+                     finalize: bool) -> np.ndarray:
         """Mel [80, T] of `tokens[token_offset:]` (the earlier tokens give context)."""
-        with self.load, self.lock:  # one forward at a time per model copy
-            return flow_mel(self.model.flow, tokens, prompt, token_offset, streaming, finalize,
-                            self.model.token_mel_ratio)
+        with self.load:
+            return await self.decode_batch(FlowRequest(tokens, prompt, token_offset, streaming, finalize))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
+    async def decode_batch(self, requests: list[FlowRequest]) -> list[np.ndarray]:
+        # One batch at a time (serve.batch's default), off the event loop so calls keep queueing.
+        return await asyncio.to_thread(flow_mel_batch, self.model.flow, requests, self.model.token_mel_ratio)
 
     def check_health(self) -> None:
         if self.model.flow is None:

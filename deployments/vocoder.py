@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import asyncio
 
 import numpy as np
 from ray import serve
@@ -10,23 +10,31 @@ from ray import serve
 from deployments.metrics import StageLoad
 from deployments.model_stage import load_stage
 from serve_app.settings import Settings
-from tts_model.token2wav import VocoderCache, vocode
+from tts_model.token2wav import VocoderCache, VocodeRequest, vocode_batch
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=8)
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16)
 class Vocoder:
-    """Stateless: the stream's HiFT cache arrives with each call and the next one is returned."""
+    """Stateless: the stream's HiFT cache arrives with each call and the next one is returned.
+
+    Concurrent calls are batched like the flow decoder's; chunks of equal length share HiFT's passes.
+    """
 
     def __init__(self, settings: Settings):
         self.model, _ = load_stage(settings, ["hift"])
-        # vocode seeds torch's global RNG around HiFT: one call at a time keeps that private.
-        self.lock = threading.Lock()
         self.load = StageLoad("vocoder")
+        self.vocode_batch.set_max_batch_size(settings.vocoder_max_batch_size)
+        self.vocode_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
 
-    def vocode(self, mel: np.ndarray, cache: VocoderCache | None, finalize: bool, speed: float,
-               seed: int) -> tuple[np.ndarray, VocoderCache | None]:
-        with self.load, self.lock:
-            return vocode(self.model.hift, mel, cache, finalize, speed, seed)
+    async def vocode(self, mel: np.ndarray, cache: VocoderCache | None, finalize: bool, speed: float,
+                     seed: int) -> tuple[np.ndarray, VocoderCache | None]:
+        with self.load:
+            return await self.vocode_batch(VocodeRequest(mel, cache, finalize, speed, seed))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
+    async def vocode_batch(self, requests: list[VocodeRequest]) -> list[tuple[np.ndarray, VocoderCache | None]]:
+        # vocode_batch seeds torch's global RNG per request: one batch at a time keeps that private.
+        return await asyncio.to_thread(vocode_batch, self.model.hift, requests)
 
     def check_health(self) -> None:
         if self.model.hift is None:

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     task_retention_s: float = Field(3600.0, ge=0, description="Finished async tasks are kept at least this long.")
     max_queued_tasks: int = Field(64, ge=1, description="Pending async tasks accepted before submissions get 503.")
     max_running_tasks: int = Field(4, ge=1, description="Async tasks synthesized at the same time.")
+    flow_max_batch_size: int = Field(8, ge=1, description="Flow decoder calls batched into one estimator pass.")
+    vocoder_max_batch_size: int = Field(8, ge=1, description="Vocoder calls batched into one HiFT pass.")
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0, description="How long a flow or vocoder batch waits for more calls; 0 batches only calls "
+                               "that queued while the previous batch ran.")
     app_name: str = Field("cosyvoice", description="Ray Serve application name (prefixes named actors).")
 
     def resolved(self) -> Settings:

@@ -96,6 +96,26 @@ def test_same_seed_same_audio_other_seed_other_audio(tiny_model, pipeline_handle
     assert runs[0].shape != runs[2].shape or not np.allclose(runs[0], runs[2])
 
 
+def test_concurrent_streams_get_what_each_gets_alone(tiny_model, pipeline_handle) -> None:
+    """Concurrent requests share LLM steps and flow and vocoder batches; none hears the others."""
+    voices = [VoiceFeatures.from_spk2info(tiny_model.spk2info[name])
+              for name in ("pretrained_voice_001", "pretrained_voice_002")]
+    jobs = [SynthesisJob(SynthesisMode.ZERO_SHOT, TEXT if index % 3 else TEXT[:40], voices[index % 2],
+                         stream=index % 2 == 0, seed=20 + index) for index in range(6)]
+    alone = [np.concatenate([chunk.pcm for chunk in collect(pipeline_handle, job)]) for job in jobs]
+
+    async def together() -> list[list]:
+        async def one(job: SynthesisJob) -> list:
+            return [chunk async for chunk in pipeline_handle.options(stream=True).synthesize.remote(job)]
+
+        return await asyncio.gather(*(one(job) for job in jobs))
+
+    for chunks, expected in zip(asyncio.run(together()), alone, strict=True):
+        produced = np.concatenate([chunk.pcm for chunk in chunks])
+        assert produced.shape == expected.shape
+        assert np.max(np.abs(produced - expected)) <= 1e-4
+
+
 def test_first_chunk_arrives_before_the_llm_finishes(tiny_model, pipeline_handle) -> None:
     voice = VoiceFeatures.from_spk2info(tiny_model.spk2info["pretrained_voice_002"])
     long_text = " ".join([TEXT] * 2)

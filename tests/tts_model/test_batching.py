@@ -1,9 +1,24 @@
-"""Continuous batching in the LLM: sequences decoded together yield what each yields alone."""
+"""Cross-request batching: the LLM, flow decoder and vocoder give each request, batched, what it
+gets alone."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+import torch
+
 from tts_model.frontend import TextFrontend, VoiceFeatures
 from tts_model.llm_decode import SpeechTokenDecoder, SpeechTokenRequest
+from tts_model.token2wav import (
+    SOURCE_CACHE_LEN,
+    FlowPrompt,
+    FlowRequest,
+    VocodeRequest,
+    flow_mel_batch,
+    padding_groups,
+    vocode,
+    vocode_batch,
+)
 
 TEXTS = ["Hello, how are you today?", "This is a much longer sentence that the model will need to speak aloud.",
          "Short one.", "Another sentence of medium length here, please."]
@@ -40,3 +55,80 @@ def test_batched_decoding_equals_one_sequence_at_a_time(tiny_model) -> None:
         step += 1
     assert [state.out_tokens for state in together] == alone
     assert sum(map(len, alone)) > 100
+
+
+def flow_prompts(tiny_model) -> list[FlowPrompt]:
+    voice = VoiceFeatures.from_spk2info(tiny_model.spk2info["pretrained_voice_002"])
+    return [FlowPrompt(voice.speech_token, voice.speech_feat, voice.embedding),
+            FlowPrompt(np.zeros(0, np.int32), np.zeros((0, 80), np.float32), voice.embedding)]
+
+
+def upstream_flow(flow, request: FlowRequest) -> np.ndarray:
+    """Upstream `CausalMaskedDiffWithXvec.inference` for one request, sliced as `token2wav` does."""
+    prompt = request.prompt
+    token = torch.tensor([request.tokens], dtype=torch.int32)
+    prompt_token = torch.from_numpy(prompt.speech_token.astype(np.int32)).reshape(1, -1)
+    prompt_feat = torch.from_numpy(prompt.speech_feat.astype(np.float32)).reshape(1, -1, 80)
+    mel, _ = flow.inference(token=token, token_len=torch.tensor([token.shape[1]], dtype=torch.int32),
+                            prompt_token=prompt_token,
+                            prompt_token_len=torch.tensor([prompt_token.shape[1]], dtype=torch.int32),
+                            prompt_feat=prompt_feat, prompt_feat_len=torch.tensor([prompt_feat.shape[1]]),
+                            embedding=torch.from_numpy(prompt.embedding).reshape(1, -1),
+                            streaming=request.streaming, finalize=request.finalize)
+    return mel[0, :, request.token_offset * 2:].numpy()
+
+
+def test_batched_flow_equals_upstream_one_request_at_a_time(tiny_model) -> None:
+    rng = np.random.default_rng(0)
+    voiced, bare = flow_prompts(tiny_model)
+    # Whole utterances and streamed chunks of several lengths, with and without a prompt voice.
+    shapes = [(40, voiced, 0, False, True), (53, bare, 0, True, False), (90, voiced, 25, True, False),
+              (70, bare, 0, False, True), (120, voiced, 60, False, True), (44, voiced, 0, False, True),
+              (78, voiced, 50, True, False)]
+    requests = [FlowRequest(rng.integers(0, 6561, n).tolist(), prompt, offset, streaming, finalize)
+                for n, prompt, offset, streaming, finalize in shapes]
+    batched = flow_mel_batch(tiny_model.flow, requests)
+    for request, mel in zip(requests, batched, strict=True):
+        expected = upstream_flow(tiny_model.flow, request)
+        assert mel.shape == expected.shape
+        assert np.max(np.abs(mel - expected)) <= 1e-4
+
+
+def test_batched_vocoder_equals_one_request_at_a_time(tiny_model) -> None:
+    rng = np.random.default_rng(1)
+    mels = [rng.normal(-5, 2, (80, frames)).astype(np.float32) for frames in (50, 50, 50, 73, 30)]
+    # Two streams of equal-length chunks (stacked together), a stretched one and two whole ones.
+    first = [VocodeRequest(mels[0], None, False, 1.0, 5), VocodeRequest(mels[1], None, False, 1.0, 6),
+             VocodeRequest(mels[3], None, True, 1.3, 7), VocodeRequest(mels[4], None, True, 1.0, 8)]
+    alone = [vocode(tiny_model.hift, r.mel, r.cache, r.finalize, r.speed, r.seed) for r in first]
+    together = vocode_batch(tiny_model.hift, first)
+    second = [VocodeRequest(mels[2], alone[0][1], True, 1.0, 9), VocodeRequest(mels[2], alone[1][1], False, 1.0, 10)]
+    alone += [vocode(tiny_model.hift, r.mel, r.cache, r.finalize, r.speed, r.seed) for r in second]
+    together += vocode_batch(tiny_model.hift, second)
+    for (pcm, cache), (expected, expected_cache) in zip(together, alone, strict=True):
+        assert pcm.shape == expected.shape and np.max(np.abs(pcm - expected)) <= 1e-4
+        assert (cache is None) == (expected_cache is None)
+        if cache is not None:
+            assert np.max(np.abs(cache.speech - expected_cache.speech)) <= 1e-4
+    # The streamed chunks hold back the cross-fade tail; seeds still tell the streams apart.
+    assert len(together[0][0]) == 50 * 480 - SOURCE_CACHE_LEN
+    assert not np.allclose(together[0][0], together[1][0])
+
+
+def test_vocoder_equals_upstream_hift(tiny_model) -> None:
+    mel = np.random.default_rng(2).normal(-5, 2, (80, 64)).astype(np.float32)
+    [(pcm, _)] = vocode_batch(tiny_model.hift, [VocodeRequest(mel, None, True, 1.0, 3)])
+    torch.manual_seed(3)
+    expected, _ = tiny_model.hift.inference(speech_feat=torch.from_numpy(mel).unsqueeze(0))
+    assert np.max(np.abs(pcm - expected[0].numpy())) <= 1e-4
+
+
+@pytest.mark.parametrize(("lengths", "groups"), [
+    ([], []),
+    ([100], [[0]]),
+    ([100, 104, 98], [[2, 0, 1]]),
+    ([60, 1000, 62, 990], [[0, 2], [3, 1]]),
+    ([10, 20, 40, 80], [[0], [1], [2], [3]]),
+])
+def test_padding_groups_keep_padding_small(lengths, groups) -> None:
+    assert padding_groups(lengths) == groups
