@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from ray import serve
@@ -23,6 +24,8 @@ class FlowDecoder:
 
     def __init__(self, settings: Settings):
         self.model, _ = load_stage(settings, ["flow"])
+        # One thread runs every batch: warm kernel caches and one malloc arena, not one per pool thread.
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.load = StageLoad("flow")
         self.decode_batch.set_max_batch_size(settings.flow_max_batch_size)
         self.decode_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
@@ -36,7 +39,8 @@ class FlowDecoder:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
     async def decode_batch(self, requests: list[FlowRequest]) -> list[np.ndarray]:
         # One batch at a time (serve.batch's default), off the event loop so calls keep queueing.
-        return await asyncio.to_thread(flow_mel_batch, self.model.flow, requests, self.model.token_mel_ratio)
+        return await asyncio.get_running_loop().run_in_executor(self.worker, flow_mel_batch, self.model.flow, requests,
+                                                               self.model.token_mel_ratio)
 
     def check_health(self) -> None:
         if self.model.flow is None:

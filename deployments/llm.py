@@ -1,10 +1,11 @@
 """LLM deployment: speech-token generation, streamed out token by token.
 
-One scheduler task per replica advances every active sequence by one token per iteration, on a
-single worker thread: the sequences' one-token steps share one batched forward (continuous
-batching: sequences join and leave between steps), the model copy sees one forward at a time
-(concurrent forwards into one transformers model are not safe), and a cancelled request stops
-being decoded at the next step.
+One decoding thread per replica advances every active sequence by one token per iteration: the
+sequences' one-token steps share one batched forward (continuous batching: sequences join and
+leave between steps), the model copy sees one forward at a time (concurrent forwards into one
+transformers model are not safe), and a cancelled request stops being decoded at the next step.
+The thread hands tokens to the event loop without waiting for it, so a busy machine does not add
+a thread hand-off (a scheduling delay under load) to every token.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ray import serve
@@ -25,11 +26,24 @@ from tts_model.llm_decode import DecodeState, SpeechTokenDecoder, SpeechTokenReq
 
 logger = logging.getLogger("ray.serve")
 
+#: What a sequence's queue receives: tokens, an error, or None once it is finished.
+_Item = list[int] | BaseException | None
+
+
+@dataclass
+class _Joining:
+    sequence_id: int
+    request: SpeechTokenRequest
+    queue: asyncio.Queue
+    stream: bool
+
 
 @dataclass
 class _Sequence:
     state: DecodeState
     queue: asyncio.Queue
+    #: Tokens are handed over as they come; otherwise all at once when the sequence finishes.
+    stream: bool
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
@@ -37,18 +51,18 @@ class SpeechTokenLLM:
     def __init__(self, settings: Settings):
         self.model, _ = load_stage(settings, ["llm"])
         self.decoder = SpeechTokenDecoder(self.model.llm, self.model.sampling_params)
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-step")
-        self.sequences: dict[int, _Sequence] = {}
         self.ids = itertools.count()
-        self.wakeup: asyncio.Event | None = None
-        self.scheduler: asyncio.Task | None = None
+        # Shared with the decoding thread, under `changed`: who joins, who left.
+        self.changed = threading.Condition()
+        self.joining: list[_Joining] = []
+        self.leaving: set[int] = set()
+        # Owned by the decoding thread.
+        self.sequences: dict[int, _Sequence] = {}
         self.tokens_generated = 0
         self.load = StageLoad("llm")
-
-    def _ensure_scheduler(self) -> None:
-        if self.scheduler is None or self.scheduler.done():
-            self.wakeup = asyncio.Event()
-            self.scheduler = asyncio.get_running_loop().create_task(self._schedule())
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread = threading.Thread(target=self._decode_forever, name="llm-decode", daemon=True)
+        self.thread.start()
 
     async def generate(self, request: SpeechTokenRequest) -> AsyncIterator[list[int]]:
         """Yield the speech tokens of one text segment as they are sampled.
@@ -56,82 +70,113 @@ class SpeechTokenLLM:
         Each item holds every token ready at that moment: a consumer that falls behind gets
         them in one message instead of paying a stream hop per token.
         """
-        self._ensure_scheduler()
-        loop = asyncio.get_running_loop()
-        state = await loop.run_in_executor(self.worker, self.decoder.start, request)
-        sequence_id, queue = next(self.ids), asyncio.Queue()
-        self.sequences[sequence_id] = _Sequence(state, queue)
-        self.wakeup.set()
-        try:
-            finished = False
-            while not finished:
-                ready = [await queue.get()]
-                while not queue.empty():
-                    ready.append(queue.get_nowait())
-                if finished := ready[-1] is None:
-                    ready.pop()
-                if errors := [item for item in ready if isinstance(item, BaseException)]:
-                    raise errors[0]
-                if ready:
-                    yield ready
-        finally:
-            # Also reached when the caller goes away: the scheduler stops stepping this sequence.
-            self.sequences.pop(sequence_id, None)
+        async for ready in self._tokens(request, stream=True):
+            yield ready
 
     async def generate_all(self, request: SpeechTokenRequest) -> list[int]:
         """All speech tokens of one segment in one reply (for callers that do not stream)."""
-        return [token async for ready in self.generate(request) for token in ready]
+        return [token async for ready in self._tokens(request, stream=False) for token in ready]
 
-    def _step_all(self, sequences: list[tuple[int, _Sequence]]) -> list[tuple[int, int | None, BaseException | None]]:
+    async def _tokens(self, request: SpeechTokenRequest, stream: bool) -> AsyncIterator[list[int]]:
+        self.loop = asyncio.get_running_loop()
+        sequence_id, queue = next(self.ids), asyncio.Queue()
+        with self.changed:
+            self.joining.append(_Joining(sequence_id, request, queue, stream))
+            self.changed.notify()
         try:
-            tokens = self.decoder.step_batch([sequence.state for _, sequence in sequences])
-            return [(sequence_id, token, None) for (sequence_id, _), token in zip(sequences, tokens, strict=True)]
+            finished = False
+            while not finished:
+                items = [await queue.get()]
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                if finished := items[-1] is None:
+                    items.pop()
+                if errors := [item for item in items if isinstance(item, BaseException)]:
+                    raise errors[0]
+                if ready := [token for tokens in items for token in tokens]:
+                    yield ready
+        finally:
+            # Also reached when the caller goes away: the thread stops stepping this sequence.
+            with self.changed:
+                self.leaving.add(sequence_id)
+                self.changed.notify()
+
+    def _decode_forever(self) -> None:
+        while True:
+            with self.changed:
+                while not self.joining and not self.sequences and not self.leaving:
+                    self.changed.wait()
+                joining, self.joining = self.joining, []
+                leaving, self.leaving = self.leaving, set()
+            for sequence_id in leaving:
+                self.sequences.pop(sequence_id, None)
+            deliveries: list[tuple[asyncio.Queue, _Item]] = []
+            for joiner in joining:
+                if joiner.sequence_id in leaving:
+                    continue
+                try:
+                    self.sequences[joiner.sequence_id] = _Sequence(self.decoder.start(joiner.request), joiner.queue,
+                                                                   joiner.stream)
+                except Exception as exc:  # e.g. a prompt the model cannot take: fail this request only
+                    logger.exception("speech-token decoding failed to start")
+                    deliveries.append((joiner.queue, exc))
+            if self.sequences:
+                self.load.set(len(self.sequences))
+                deliveries += self._step_all()
+                if not self.sequences:
+                    self.load.set(0)
+            if deliveries:
+                self.loop.call_soon_threadsafe(_deliver, deliveries)
+
+    def _step_all(self) -> list[tuple[asyncio.Queue, _Item]]:
+        """One token for every active sequence; returns what each sequence's queue gets."""
+        batch = list(self.sequences.items())
+        try:
+            tokens = self.decoder.step_batch([sequence.state for _, sequence in batch])
+            results: list[tuple[int, int | None, BaseException | None]] = [
+                (sequence_id, token, None) for (sequence_id, _), token in zip(batch, tokens, strict=True)]
         except Exception:
             logger.exception("batched decoding step failed; retrying the sequences one by one")
-        results = []
-        for sequence_id, sequence in sequences:
-            try:
-                results.append((sequence_id, self.decoder.step(sequence.state), None))
-            except Exception as exc:  # one broken sequence must not stop the others
-                logger.exception("speech-token decoding failed")
-                results.append((sequence_id, None, exc))
-        return results
-
-    async def _schedule(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self.sequences:
-                self.wakeup.clear()
-                await self.wakeup.wait()
+            results = []
+            for sequence_id, sequence in batch:
+                try:
+                    results.append((sequence_id, self.decoder.step(sequence.state), None))
+                except Exception as exc:  # one broken sequence must not stop the others
+                    logger.exception("speech-token decoding failed")
+                    results.append((sequence_id, None, exc))
+        deliveries: list[tuple[asyncio.Queue, _Item]] = []
+        emitted = 0
+        for sequence_id, token, error in results:
+            sequence = self.sequences[sequence_id]
+            if error is not None:
+                deliveries.append((sequence.queue, error))
+                del self.sequences[sequence_id]
                 continue
-            batch = list(self.sequences.items())
-            self.load.set(len(batch))
-            results = await loop.run_in_executor(self.worker, self._step_all, batch)
-            emitted = 0
-            for sequence_id, token, error in results:
-                sequence = self.sequences.get(sequence_id)
-                if sequence is None:
-                    continue
-                if error is not None:
-                    sequence.queue.put_nowait(error)
-                    self.sequences.pop(sequence_id, None)
-                    continue
-                if token is not None:
-                    emitted += 1
-                    sequence.queue.put_nowait(token)
-                if sequence.state.finished:
-                    sequence.queue.put_nowait(None)
-                    self.sequences.pop(sequence_id, None)
-            if emitted:
-                self.tokens_generated += emitted
-                metric("cosyvoice_llm_tokens_total").inc(emitted)
-            if not self.sequences:
-                self.load.set(0)
+            if token is not None:
+                emitted += 1
+                if sequence.stream:
+                    deliveries.append((sequence.queue, [token]))
+            if sequence.state.finished:
+                if not sequence.stream:
+                    deliveries.append((sequence.queue, list(sequence.state.out_tokens)))
+                deliveries.append((sequence.queue, None))
+                del self.sequences[sequence_id]
+        if emitted:
+            self.tokens_generated += emitted
+            metric("cosyvoice_llm_tokens_total").inc(emitted)
+        return deliveries
 
     def stats(self) -> dict[str, int]:
         """Tokens generated by this replica so far, and sequences being decoded now."""
-        return {"tokens_generated": self.tokens_generated, "active_sequences": len(self.sequences)}
+        with self.changed:
+            return {"tokens_generated": self.tokens_generated,
+                    "active_sequences": len(self.sequences) + len(self.joining)}
 
     def check_health(self) -> None:
-        if self.scheduler is not None and self.scheduler.done() and not self.scheduler.cancelled():
-            raise RuntimeError(f"LLM scheduler stopped: {self.scheduler.exception()!r}")
+        if not self.thread.is_alive():
+            raise RuntimeError("LLM decoding thread stopped")
+
+
+def _deliver(deliveries: list[tuple[asyncio.Queue, _Item]]) -> None:
+    for queue, item in deliveries:
+        queue.put_nowait(item)
