@@ -50,6 +50,24 @@ class DecodeState:
     finished: bool = False
 
 
+#: `DecodeState.cache` of a sequence whose cache is a row of the decoder's packed batch.
+_PACKED = object()
+
+
+@dataclass
+class _PackedBatch:
+    """Sequences decoded together, their KV caches left-padded into one, kept between steps."""
+
+    states: list[DecodeState]
+    cache: Any
+    #: Left padding of each row.
+    pads: list[int]
+
+
+def _same_states(first: list[DecodeState], second: list[DecodeState]) -> bool:
+    return len(first) == len(second) and all(a is b for a, b in zip(first, second, strict=True))
+
+
 class SpeechTokenDecoder:
     """Steps `Qwen2LM` decoding for explicit sequences (see the module docstring)."""
 
@@ -60,6 +78,7 @@ class SpeechTokenDecoder:
         self.top_k = int(sampling_params.get("top_k", 25))
         self.win_size = int(sampling_params.get("win_size", 10))
         self.tau_r = float(sampling_params.get("tau_r", 0.1))
+        self._packed: _PackedBatch | None = None
 
     @property
     def device(self) -> torch.device:
@@ -92,6 +111,8 @@ class SpeechTokenDecoder:
         """Advance one step; returns the new speech token, or None (no token this step or finished)."""
         if self._stop_at_max_len(state):
             return None
+        if state.cache is _PACKED:
+            self._unpack()
         length = state.lm_input.shape[1]
         masks = torch.tril(torch.ones((1, length, length), device=state.lm_input.device)).to(torch.bool)
         y_pred, state.cache = self.llm.llm.forward_one_step(state.lm_input, masks=masks, cache=state.cache)
@@ -103,7 +124,8 @@ class SpeechTokenDecoder:
 
         A sequence's first step (its prompt) runs alone, as its length differs from every other's;
         after that, the one-token steps of all sequences are stacked into a batch whose KV caches
-        are left-padded to a common length and masked, with each sequence's own positions.
+        are left-padded to a common length and masked, with each sequence's own positions. The
+        padded cache is kept from step to step and rebuilt only when the set of sequences changes.
         """
         tokens: dict[int, int | None] = {}
         decoding = []
@@ -116,44 +138,77 @@ class SpeechTokenDecoder:
             tokens[decoding[0]] = self.step(states[decoding[0]])
         elif decoding:
             batch = [states[index] for index in decoding]
-            for index, token in zip(decoding, self._batched_decode_step(batch), strict=True):
+            if self._packed is None or not _same_states(self._packed.states, batch):
+                self._pack(batch)
+            for index, token in zip(decoding, self._packed_step(), strict=True):
                 tokens[index] = token
         return [tokens[index] for index in range(len(states))]
 
-    def _batched_decode_step(self, states: list[DecodeState]) -> list[int | None]:
-        caches = [state.cache.to_legacy_cache() for state in states]
+    def _pack(self, states: list[DecodeState]) -> None:
+        """Left-pad the sequences' caches into one batch; sequences left out get their own back."""
+        from transformers import DynamicCache
+
+        old = self._packed
+        old_layers = old.cache.to_legacy_cache() if old is not None else ()
+        old_rows = {id(state): row for row, state in enumerate(old.states)} if old is not None else {}
+
+        def layers_of(state: DecodeState) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            if state.cache is _PACKED:  # views into the old batch; the concatenation below copies
+                row, pad = old_rows[id(state)], old.pads[old_rows[id(state)]]
+                return [(keys[row:row + 1, :, pad:], values[row:row + 1, :, pad:]) for keys, values in old_layers]
+            return list(state.cache.to_legacy_cache())
+
+        caches = [layers_of(state) for state in states]
         lengths = [layers[0][0].shape[2] for layers in caches]
         longest = max(lengths)
 
-        def left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
-            pad = tensor.new_zeros(*tensor.shape[:2], longest - length, tensor.shape[3])
-            return torch.cat([pad, tensor], dim=2)
+        def left_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+            return torch.cat([torch.nn.functional.pad(tensor, (0, 0, longest - tensor.shape[2], 0))
+                              for tensor in tensors])
 
-        batched = tuple(
-            (torch.cat([left_pad(cache[layer][0], length) for cache, length in zip(caches, lengths, strict=True)]),
-             torch.cat([left_pad(cache[layer][1], length) for cache, length in zip(caches, lengths, strict=True)]))
-            for layer in range(len(caches[0])))
-        device = states[0].lm_input.device
-        attention_mask = torch.zeros(len(states), longest + 1, dtype=torch.long, device=device)
-        for row, length in enumerate(lengths):
-            attention_mask[row, longest - length:] = 1
+        packed = tuple((left_padded([cache[layer][0] for cache in caches]),
+                        left_padded([cache[layer][1] for cache in caches]))
+                       for layer in range(len(caches[0])))
+        if old is not None:
+            joining = {id(state) for state in states}
+            for state in old.states:
+                if id(state) not in joining and not state.finished:
+                    self._restore(state, old_layers, old_rows[id(state)], old.pads[old_rows[id(state)]])
+        for state in states:
+            state.cache = _PACKED
+        self._packed = _PackedBatch(states=list(states), cache=DynamicCache.from_legacy_cache(packed),
+                                    pads=[longest - length for length in lengths])
+
+    def _unpack(self) -> None:
+        """Give every packed sequence its own cache again (one of them is about to step alone)."""
+        packed, self._packed = self._packed, None
+        layers = packed.cache.to_legacy_cache()
+        for row, state in enumerate(packed.states):
+            self._restore(state, layers, row, packed.pads[row])
+
+    @staticmethod
+    def _restore(state: DecodeState, layers: Any, row: int, pad: int) -> None:
         from transformers import DynamicCache
 
+        state.cache = DynamicCache.from_legacy_cache(tuple(
+            (keys[row:row + 1, :, pad:].clone(), values[row:row + 1, :, pad:].clone()) for keys, values in layers))
+
+    def _packed_step(self) -> list[int | None]:
+        packed = self._packed
+        states = packed.states
+        longest = packed.cache.get_seq_length()
+        device = states[0].lm_input.device
+        attention_mask = torch.ones(len(states), longest + 1, dtype=torch.long, device=device)
+        for row, pad in enumerate(packed.pads):
+            attention_mask[row, :pad] = 0
         outputs = self.llm.llm.model(inputs_embeds=torch.cat([state.lm_input for state in states]),
                                      attention_mask=attention_mask,
-                                     position_ids=torch.tensor([[length] for length in lengths], device=device),
-                                     past_key_values=DynamicCache.from_legacy_cache(batched), use_cache=True,
+                                     position_ids=torch.tensor([[longest - pad] for pad in packed.pads], device=device),
+                                     past_key_values=packed.cache, use_cache=True,
                                      output_hidden_states=True, return_dict=True)
+        packed.cache = outputs.past_key_values
         logp = self.llm.llm_decoder(outputs.hidden_states[-1][:, -1]).log_softmax(dim=-1)
-        new_cache = outputs.past_key_values.to_legacy_cache()
-        tokens = []
-        for row, (state, length) in enumerate(zip(states, lengths, strict=True)):
-            start = longest - length  # drop this row's padding again
-            state.cache = DynamicCache.from_legacy_cache(tuple(
-                (keys[row:row + 1, :, start:].clone(), values[row:row + 1, :, start:].clone())
-                for keys, values in new_cache))
-            tokens.append(self._advance(state, logp[row]))
-        return tokens
+        return [self._advance(state, logp[row]) for row, state in enumerate(states)]
 
     def _stop_at_max_len(self, state: DecodeState) -> bool:
         if not state.finished and state.step >= state.max_len:
