@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 import numpy as np
 from ray import serve
@@ -11,36 +13,104 @@ from ray import serve
 from deployments.metrics import StageLoad
 from deployments.model_stage import load_stage
 from serve_app.settings import Settings
+from tts_model.flow_incremental import FlowStreamCache, flow_mel_incremental
 from tts_model.token2wav import FlowPrompt, FlowRequest, flow_mel_batch
+
+
+class _Sized(Protocol):
+    @property
+    def nbytes(self) -> int: ...
+
+
+class StreamCacheStore:
+    """Streams' decoder state kept by one replica, within a byte budget (least recently used
+    streams are dropped first). Losing an entry costs time, never correctness: the stream's next
+    chunk is then decoded from the start and its state rebuilt."""
+
+    def __init__(self, capacity_bytes: int):
+        self.capacity_bytes = capacity_bytes
+        self.entries: OrderedDict[str, _Sized] = OrderedDict()
+        self.nbytes = 0
+
+    def take(self, key: str) -> _Sized | None:
+        """Remove and return the stream's entry, if this replica still has it."""
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            self.nbytes -= entry.nbytes
+        return entry
+
+    def put(self, key: str, entry: _Sized) -> bool:
+        """Keep `entry` for the stream, dropping older streams to make room; False if it cannot fit."""
+        self.take(key)
+        if entry.nbytes > self.capacity_bytes:
+            return False
+        while self.nbytes + entry.nbytes > self.capacity_bytes:
+            _, dropped = self.entries.popitem(last=False)
+            self.nbytes -= dropped.nbytes
+        self.entries[key] = entry
+        self.nbytes += entry.nbytes
+        return True
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=16)
 class FlowDecoder:
-    """Stateless: the stream's token offset arrives with each call.
+    """Stateless for correctness: the stream's token offset arrives with each call.
 
-    Concurrent calls are batched: those that arrive while a batch runs form the next one, so a
-    busy replica runs one estimator pass for many streams and an idle one waits for nobody.
+    Streamed chunks are decoded incrementally from the stream's decoder state, which the replica
+    keeps between chunks (`tts_model.flow_incremental`), so each costs the same however long the
+    utterance; a replica without it decodes from the start, as upstream does. Whole utterances and
+    final chunks are batched: calls that arrive while a batch runs form the next one, so a busy
+    replica runs one estimator pass for many requests and an idle one waits for nobody.
     """
 
     def __init__(self, settings: Settings):
         self.model, _ = load_stage(settings, ["flow"])
         # One thread runs every batch: warm kernel caches and one malloc arena, not one per pool thread.
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.stream_caches = StreamCacheStore(int(settings.flow_stream_cache_mb * 2**20))
         self.load = StageLoad("flow")
         self.decode_batch.set_max_batch_size(settings.flow_max_batch_size)
         self.decode_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
 
     async def decode(self, tokens: list[int], prompt: FlowPrompt, token_offset: int, streaming: bool,
-                     finalize: bool) -> np.ndarray:
-        """Mel [80, T] of `tokens[token_offset:]` (the earlier tokens give context)."""
+                     finalize: bool, stream_key: str | None = None) -> np.ndarray:
+        """Mel [80, T] of `tokens[token_offset:]` (the earlier tokens give context).
+
+        `stream_key` names the stream a streamed chunk belongs to, so its decoder state can be reused.
+        """
         with self.load:
-            return await self.decode_batch(FlowRequest(tokens, prompt, token_offset, streaming, finalize))
+            return await self.decode_batch(FlowRequest(tokens, prompt, token_offset, streaming, finalize), stream_key)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
-    async def decode_batch(self, requests: list[FlowRequest]) -> list[np.ndarray]:
+    async def decode_batch(self, requests: list[FlowRequest], stream_keys: list[str | None]) -> list[np.ndarray]:
         # One batch at a time (serve.batch's default), off the event loop so calls keep queueing.
-        return await asyncio.get_running_loop().run_in_executor(self.worker, flow_mel_batch, self.model.flow, requests,
-                                                               self.model.token_mel_ratio)
+        return await asyncio.get_running_loop().run_in_executor(self.worker, self._decode, requests, stream_keys)
+
+    def _decode(self, requests: list[FlowRequest], stream_keys: list[str | None]) -> list[np.ndarray]:
+        mels: list[np.ndarray | None] = [None] * len(requests)
+        batched = []
+        for index, (request, key) in enumerate(zip(requests, stream_keys, strict=True)):
+            if key is not None and request.streaming and not request.finalize and self.stream_caches.capacity_bytes:
+                mels[index] = self._decode_streamed(request, key)
+                continue
+            if key is not None:  # the final chunk decodes everything with full attention: state not needed
+                self.stream_caches.take(key)
+            batched.append(index)
+        decoded = flow_mel_batch(self.model.flow, [requests[index] for index in batched], self.model.token_mel_ratio)
+        for index, mel in zip(batched, decoded, strict=True):
+            mels[index] = mel
+        return mels  # type: ignore[return-value]
+
+    def _decode_streamed(self, request: FlowRequest, key: str) -> np.ndarray:
+        cache: FlowStreamCache | None = self.stream_caches.take(key)  # type: ignore[assignment]
+        try:
+            mel, cache = flow_mel_incremental(self.model.flow, request.tokens, request.prompt, request.token_offset,
+                                              cache, self.model.token_mel_ratio)
+        except ValueError:  # state from a later point of the stream (a retried chunk): start over
+            mel, cache = flow_mel_incremental(self.model.flow, request.tokens, request.prompt, request.token_offset,
+                                              None, self.model.token_mel_ratio)
+        self.stream_caches.put(key, cache)
+        return mel
 
     def check_health(self) -> None:
         if self.model.flow is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -137,10 +138,12 @@ class _SegmentStream:
         self.segment, self.segments, self.text_tokens = segment, segments, text_tokens
         self.chunk = 0
         self.cache: VocoderCache | None = None
+        # Names the stream to the flow decoder, which keeps its decoder state between chunks.
+        self.key = uuid.uuid4().hex if job.stream else None
 
     async def decode(self, tokens: list[int], plan: ChunkPlan) -> SynthesisChunk:
         mel = await self.pipeline.flow.decode.remote(tokens[: plan.end], self.prompt, plan.token_offset,
-                                                     plan.streaming, plan.finalize)
+                                                     plan.streaming, plan.finalize, self.key)
         pcm, self.cache = await self.pipeline.vocoder.vocode.remote(
             mel, self.cache, plan.finalize, self.job.speed, chunk_seed(self.job.seed, self.segment, self.chunk))
         self.chunk += 1

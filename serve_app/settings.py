@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     max_queued_tasks: int = Field(64, ge=1, description="Pending async tasks accepted before submissions get 503.")
     max_running_tasks: int = Field(4, ge=1, description="Async tasks synthesized at the same time.")
     flow_max_batch_size: int = Field(8, ge=1, description="Flow decoder calls batched into one estimator pass.")
+    flow_stream_cache_mb: float = Field(
+        2048.0, ge=0, description="Memory per flow replica for streams' decoder state, so a streamed chunk costs "
+                                  "the same however long the utterance; 0 decodes every chunk from the start.")
     vocoder_max_batch_size: int = Field(8, ge=1, description="Vocoder calls batched into one HiFT pass.")
     batch_wait_timeout_s: float = Field(
         0.0, ge=0, description="How long a flow or vocoder batch waits for more calls; 0 batches only calls "

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+#: Euler steps of the flow-matching decoder, as upstream's `CausalMaskedDiffWithXvec.inference` takes.
+FLOW_TIMESTEPS = 10
 #: Flow chunk in speech tokens; must match the model's training `static_chunk_size`.
 TOKEN_HOP_LEN = 25
 #: HiFT cache kept between streamed chunks: mel frames, and source/speech samples (8 x 480).
@@ -74,7 +76,7 @@ class FlowRequest:
 
 
 @dataclass
-class _EncodedFlowInput:
+class EncodedFlowInput:
     """One request's decoder inputs, `[channels, frames]` each, and which frames it keeps."""
 
     mu: torch.Tensor
@@ -103,7 +105,7 @@ def flow_mel_batch(flow: Any, requests: list[FlowRequest], token_mel_ratio: int 
     mels: list[np.ndarray | None] = [None] * len(requests)
     for streaming in (False, True):  # the two attention masks cannot share one estimator pass
         members = [index for index, request in enumerate(requests) if request.streaming == streaming]
-        encoded = {index: _encode(flow, requests[index], token_mel_ratio) for index in members}
+        encoded = {index: encode_flow_input(flow, requests[index], token_mel_ratio) for index in members}
         for group in padding_groups([encoded[index].mu.shape[1] for index in members]):
             indices = [members[position] for position in group]
             decoded = _decode(flow, [encoded[index] for index in indices], streaming)
@@ -128,7 +130,7 @@ def padding_groups(lengths: list[int], max_padding: float = 0.25) -> list[list[i
     return groups
 
 
-def _encode(flow: Any, request: FlowRequest, token_mel_ratio: int) -> _EncodedFlowInput:
+def encode_flow_input(flow: Any, request: FlowRequest, token_mel_ratio: int) -> EncodedFlowInput:
     """The text-encoder half of upstream's flow inference, for one request."""
     param = next(flow.parameters())
     device, dtype = param.device, param.dtype
@@ -149,11 +151,11 @@ def _encode(flow: Any, request: FlowRequest, token_mel_ratio: int) -> _EncodedFl
     mu = flow.encoder_proj(h)[0].transpose(0, 1)
     cond = torch.zeros_like(mu)
     cond[:, : prompt_feat.shape[0]] = prompt_feat.transpose(0, 1).to(device, dtype)
-    return _EncodedFlowInput(mu=mu, cond=cond, spks=spks,
+    return EncodedFlowInput(mu=mu, cond=cond, spks=spks,
                              first_kept_frame=prompt_feat.shape[0] + request.token_offset * token_mel_ratio)
 
 
-def _decode(flow: Any, inputs: list[_EncodedFlowInput], streaming: bool, n_timesteps: int = 10) -> list[np.ndarray]:
+def _decode(flow: Any, inputs: list[EncodedFlowInput], streaming: bool) -> list[np.ndarray]:
     """Upstream's classifier-free guided Euler solver over a right-padded batch.
 
     The batch holds every request twice: conditioned, then with mu, speaker and prompt zeroed.
@@ -172,9 +174,7 @@ def _decode(flow: Any, inputs: list[_EncodedFlowInput], streaming: bool, n_times
         mu[row, :, :length], cond[row, :, :length], spks[row] = item.mu, item.cond, item.spks
     # Upstream's fixed noise: every utterance starts from the same prefix of it.
     x = cfm.rand_noise[:, :, :frames].to(device, dtype).expand(batch, -1, -1)
-    t_span = torch.linspace(0, 1, n_timesteps + 1, device=device, dtype=dtype)
-    if cfm.t_scheduler == "cosine":
-        t_span = 1 - torch.cos(t_span * 0.5 * torch.pi)
+    t_span = euler_time_span(cfm, device, dtype)
     t, dt = t_span[0], t_span[1] - t_span[0]
     for step in range(1, len(t_span)):
         velocity = cfm.estimator(torch.concat([x, x]), mask, mu, t.expand(2 * batch), spks, cond,
@@ -187,6 +187,14 @@ def _decode(flow: Any, inputs: list[_EncodedFlowInput], streaming: bool, n_times
     mel = x.float().cpu()
     return [mel[row, :, item.first_kept_frame: item.mu.shape[1]].numpy()
             for row, item in enumerate(inputs)]
+
+
+def euler_time_span(cfm: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The CFM's Euler time points, as upstream's `CausalConditionalCFM.forward` builds them."""
+    t_span = torch.linspace(0, 1, FLOW_TIMESTEPS + 1, device=device, dtype=dtype)
+    if cfm.t_scheduler == "cosine":
+        t_span = 1 - torch.cos(t_span * 0.5 * torch.pi)
+    return t_span
 
 
 @dataclass

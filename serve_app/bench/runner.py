@@ -274,7 +274,8 @@ def run_bench(args: argparse.Namespace) -> int:
         report = chunk_costs(str(options.model_dir), options.dtype, options.torch_threads)
         for row in report["chunks"]:
             print(f"chunk {row['chunk']:2d}: {row['tokens']:4d} tokens so far, {row['new_frames']} new mel frames, "
-                  f"{row['seconds']:.3f} s")
+                  f"recompute {row['seconds']:.3f} s, incremental {row['incremental_seconds']:.3f} s "
+                  f"(cache {row['cache_mb']} MB)")
         print(json.dumps(report), flush=True)
         return 0
     logger.info("benchmarking %s (%s): modes %s, concurrency %s", options.model_dir, options.dtype,

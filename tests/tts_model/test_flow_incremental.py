@@ -1,0 +1,114 @@
+"""Incremental streamed flow decoding gives the mel of upstream's full recompute, chunk by chunk."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from tts_model.flow_incremental import FlowStreamCache, flow_mel_incremental
+from tts_model.frontend import VoiceFeatures
+from tts_model.token2wav import FlowPrompt, StreamPlanner, flow_mel
+
+CHUNKS = 5
+TOLERANCE = 1e-4
+
+
+def voice_prompt(tiny_model) -> FlowPrompt:
+    voice = VoiceFeatures.from_spk2info(tiny_model.spk2info["pretrained_voice_002"])
+    return FlowPrompt(voice.speech_token, voice.speech_feat, voice.embedding)
+
+
+def empty_prompt(tiny_model) -> FlowPrompt:
+    embedding = voice_prompt(tiny_model).embedding
+    return FlowPrompt(np.zeros(0, np.int32), np.zeros((0, 80), np.float32), embedding)
+
+
+def stream_tokens(chunks: int = CHUNKS) -> list[int]:
+    return np.random.default_rng(7).integers(0, 6561, 25 * (chunks + 3)).tolist()
+
+
+def compare_stream(tiny_model, prompt: FlowPrompt, restart_at: int | None = None) -> list[FlowStreamCache]:
+    """Decode CHUNKS streamed chunks both ways on upstream's schedule; at `restart_at` the
+    incremental path starts without a cache, as a replica new to the stream would."""
+    tokens = stream_tokens()
+    planner = StreamPlanner(len(prompt.speech_token), stream=True)
+    cache, caches = None, []
+    for index in range(CHUNKS):
+        plan = planner.next_chunk(len(tokens), llm_finished=False)
+        assert plan is not None and plan.streaming and not plan.finalize
+        expected = flow_mel(tiny_model.flow, tokens[:plan.end], prompt, plan.token_offset, streaming=True,
+                            finalize=False, token_mel_ratio=tiny_model.token_mel_ratio)
+        if index == restart_at:
+            cache = None
+        mel, cache = flow_mel_incremental(tiny_model.flow, tokens[:plan.end], prompt, plan.token_offset, cache,
+                                          token_mel_ratio=tiny_model.token_mel_ratio)
+        assert mel.shape == expected.shape == (80, 25 * tiny_model.token_mel_ratio)
+        assert np.abs(mel - expected).max() < TOLERANCE, f"chunk {index}"
+        caches.append(cache)
+    return caches
+
+
+@pytest.mark.parametrize("prompt_of", [voice_prompt, empty_prompt], ids=["voice_prompt", "empty_prompt"])
+def test_every_chunk_matches_full_recompute(tiny_model, prompt_of) -> None:
+    prompt = prompt_of(tiny_model)
+    caches = compare_stream(tiny_model, prompt)
+    param = next(tiny_model.flow.parameters())
+    prompt_frames = len(prompt.speech_feat)
+    for index, cache in enumerate(caches):
+        # The cache ends where the chunk just decoded ends: on an attention chunk boundary.
+        assert cache.frames == prompt_frames + 2 * (25 * (index + 1) + (-len(prompt.speech_token)) % 25)
+        assert cache.keys.dtype == param.dtype and cache.keys.device == param.device
+        assert cache.keys.shape[4] == cache.frames
+    # Per frame: a key and a value per Euler step, CFG branch and transformer block.
+    estimator = tiny_model.flow.decoder.estimator
+    blocks = [block for module in estimator.modules() for block in [module] if hasattr(block, "attn1")]
+    per_frame = 2 * 10 * 2 * len(blocks) * blocks[0].attn1.to_k.out_features * param.element_size()
+    assert caches[-1].nbytes - caches[-2].nbytes == per_frame * (caches[-1].frames - caches[-2].frames)
+
+
+def test_a_replica_without_the_cache_takes_over_mid_stream(tiny_model) -> None:
+    """Chunk 3 is decoded from scratch (prefill) and its cache serves chunk 4 as if nothing happened."""
+    prompt = voice_prompt(tiny_model)
+    restarted = compare_stream(tiny_model, prompt, restart_at=3)
+    assert restarted[3].frames == restarted[2].frames + 50
+
+
+def test_chunks_off_the_attention_grid(tiny_model) -> None:
+    """A schedule whose chunk ends fall inside attention chunks still matches: frames of an
+    unfinished attention chunk are never cached, so they are decoded again next time."""
+    prompt = empty_prompt(tiny_model)
+    tokens = stream_tokens()
+    cache, offset = None, 0
+    for end in (33, 48, 63, 103):
+        expected = flow_mel(tiny_model.flow, tokens[:end], prompt, offset, streaming=True, finalize=False)
+        mel, cache = flow_mel_incremental(tiny_model.flow, tokens[:end], prompt, offset, cache)
+        assert np.abs(mel - expected).max() < TOLERANCE
+        assert cache.frames % tiny_model.flow.decoder.estimator.static_chunk_size == 0
+        offset = end - tiny_model.flow.pre_lookahead_len
+
+
+def test_a_cache_past_the_chunk_is_refused(tiny_model) -> None:
+    prompt = empty_prompt(tiny_model)
+    tokens = stream_tokens()
+    _, cache = flow_mel_incremental(tiny_model.flow, tokens[:78], prompt, 0, None)
+    with pytest.raises(ValueError, match="past this chunk"):
+        flow_mel_incremental(tiny_model.flow, tokens[:53], prompt, 25, cache)
+
+
+def test_cache_keeps_the_model_dtype(tiny_model) -> None:
+    """In bf16 the cache is bf16 too, and the chunks still follow the bf16 full recompute."""
+    flow = copy.deepcopy(tiny_model.flow).to(torch.bfloat16)  # a copy: the session's model stays fp32
+    prompt = voice_prompt(tiny_model)
+    tokens = stream_tokens()
+    planner = StreamPlanner(len(prompt.speech_token), stream=True)
+    cache = None
+    for _ in range(3):
+        plan = planner.next_chunk(len(tokens), llm_finished=False)
+        expected = flow_mel(flow, tokens[:plan.end], prompt, plan.token_offset, streaming=True, finalize=False)
+        mel, cache = flow_mel_incremental(flow, tokens[:plan.end], prompt, plan.token_offset, cache)
+        assert cache.keys.dtype == torch.bfloat16 and all(t.dtype == torch.bfloat16 for t in cache.conv_tails)
+        # bf16 rounding differs between shapes of the same product; a loose bound still catches a wrong chunk.
+        assert np.abs(mel - expected).max() < 0.1 * np.abs(expected).max()

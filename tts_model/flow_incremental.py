@@ -1,0 +1,246 @@
+"""Streamed flow decoding whose per-chunk cost does not grow with the utterance.
+
+`token2wav.flow_mel` decodes a streamed chunk as upstream does: the whole flow model runs over the
+prompt and every token so far, and only the new mel frames are kept. In streaming mode the model
+is chunk-causal, so the frames before the new chunk come out the same every time:
+
+* the encoder attends within 25-token (50-frame) chunks and to all earlier chunks, and sees at
+  most 3 tokens ahead (the pre-lookahead, which the streaming schedule always supplies);
+* the CFM starts from fixed noise indexed by frame position and takes the same 10 Euler steps,
+  each with a conditional and an unconditional (zeroed mu, speaker and prompt) estimator pass;
+* the estimator (`CausalConditionalDecoder`) has causal convolutions (kernel 3) and attention that
+  sees its own 50-frame chunk and every earlier one.
+
+So a new chunk needs from the earlier frames only, per Euler step and CFG branch, the keys and
+values of every transformer block and the last `kernel - 1` inputs of every causal convolution.
+`flow_mel_incremental` keeps those in a `FlowStreamCache` and runs the estimator on the new
+frames alone. The encoder is about 2% of the flow's work and is simply rerun over all tokens.
+
+Only streamed chunks (streaming=True, finalize=False) are covered: the final chunk is decoded
+with full attention over the whole utterance and stays a full recompute with `flow_mel`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tts_model.token2wav import FLOW_TIMESTEPS, FlowPrompt, FlowRequest, encode_flow_input, euler_time_span
+
+
+@dataclass
+class FlowStreamCache:
+    """What the estimator needs of a stream's earlier mel frames to decode the next ones.
+
+    Covers the first `frames` frames of the stream (prompt frames included); `frames` is always a
+    multiple of the estimator's attention chunk, because a frame's state is only final once the
+    rest of its chunk is known. Tensors are in the flow model's dtype and on its device.
+    """
+
+    #: Frames covered, counted from the first prompt frame.
+    frames: int
+    #: Attention keys and values, [steps, transformer blocks, 2 (CFG), heads, frames, head dim].
+    keys: torch.Tensor
+    values: torch.Tensor
+    #: The inputs of the last frames of each causal convolution, in network order:
+    #: [steps, 2 (CFG), channels, kernel - 1] each.
+    conv_tails: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.keys, self.values, *self.conv_tails]
+        return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+
+class _StepState:
+    """One estimator pass over the new frames: reads the cached state of one Euler step and
+    collects the state of the frames before `keep_until` for the next chunk.
+
+    Convolutions and transformer blocks take their cached entries in the order the network
+    calls them, so the walk below needs no names for them.
+    """
+
+    def __init__(self, first: int, keep_until: int, attn_mask: torch.Tensor, keys: list[torch.Tensor],
+                 values: list[torch.Tensor], tails: list[torch.Tensor]):
+        self.first, self.keep_until, self.attn_mask = first, keep_until, attn_mask
+        self.keys, self.values, self.tails = keys, values, tails
+        self.new_keys: list[torch.Tensor] = []
+        self.new_values: list[torch.Tensor] = []
+        self.new_tails: list[torch.Tensor] = []
+
+    def causal_conv(self, conv: torch.nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+        """`CausalConv1d` on the new frames: the cached inputs of earlier frames stand in for its
+        left zero padding (they are zeros at the start of the stream)."""
+        padded = torch.cat([self.tails[len(self.new_tails)], x], dim=2)
+        # padded[:, :, i] is the input of frame first - pad + i.
+        keep = self.keep_until - self.first
+        self.new_tails.append(padded[:, :, keep:keep + conv.causal_padding])
+        return F.conv1d(padded, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+
+    def attend(self, attn: Any, hidden: torch.Tensor) -> torch.Tensor:
+        """diffusers `Attention` (AttnProcessor2_0) over cached and new frames; hidden [2, N, C]."""
+        batch = hidden.shape[0]
+        query, key, value = attn.to_q(hidden), attn.to_k(hidden), attn.to_v(hidden)
+        head_dim = key.shape[-1] // attn.heads
+        query, key, value = (tensor.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+                             for tensor in (query, key, value))
+        block = len(self.new_keys)
+        self.new_keys.append(key[:, :, :self.keep_until - self.first])
+        self.new_values.append(value[:, :, :self.keep_until - self.first])
+        key = torch.cat([self.keys[block], key], dim=2)
+        value = torch.cat([self.values[block], value], dim=2)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=self.attn_mask)
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def _causal_block(state: _StepState, block: Any, x: torch.Tensor) -> torch.Tensor:
+    """`CausalBlock1D`: causal conv, LayerNorm over channels, Mish. The padding mask upstream
+    multiplies by is all ones for a single utterance, so it is left out."""
+    conv, _, norm, _, act = block.block
+    x = state.causal_conv(conv, x)
+    return act(norm(x.transpose(1, 2)).transpose(1, 2))
+
+
+def _resnet(state: _StepState, resnet: Any, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+    h = _causal_block(state, resnet.block1, x)
+    h = h + resnet.mlp(t_emb).unsqueeze(-1)
+    h = _causal_block(state, resnet.block2, h)
+    return h + resnet.res_conv(x)
+
+
+def _transformers(state: _StepState, blocks: Any, x: torch.Tensor) -> torch.Tensor:
+    """matcha `BasicTransformerBlock`s (layer norms, self-attention, feed-forward) on [2, C, N]."""
+    x = x.transpose(1, 2)
+    for block in blocks:
+        x = x + state.attend(block.attn1, block.norm1(x))
+        x = x + block.ff(block.norm3(x))
+    return x.transpose(1, 2)
+
+
+def _estimate(state: _StepState, estimator: Any, x: torch.Tensor, mu: torch.Tensor, t: torch.Tensor,
+              spks: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """`CausalConditionalDecoder.forward(streaming=True)` on the new frames only."""
+    t_emb = estimator.time_mlp(estimator.time_embeddings(t).to(t.dtype))
+    x = torch.cat([x, mu, spks.unsqueeze(-1).expand(-1, -1, x.shape[2]), cond], dim=1)
+    [(resnet, blocks, downsample)] = estimator.down_blocks
+    x = _transformers(state, blocks, _resnet(state, resnet, x, t_emb))
+    skip = x
+    x = state.causal_conv(downsample, x)
+    for resnet, blocks in estimator.mid_blocks:
+        x = _transformers(state, blocks, _resnet(state, resnet, x, t_emb))
+    [(resnet, blocks, upsample)] = estimator.up_blocks
+    x = _transformers(state, blocks, _resnet(state, resnet, torch.cat([x, skip], dim=1), t_emb))
+    x = state.causal_conv(upsample, x)
+    x = _causal_block(state, estimator.final_block, x)
+    return estimator.final_proj(x)
+
+
+def _check_supported(estimator: Any) -> None:
+    """The walk in `_estimate` mirrors CosyVoice2's one-level decoder; refuse anything else
+    rather than decode it wrongly."""
+    from cosyvoice.flow.decoder import CausalConditionalDecoder, CausalConv1d
+
+    if not isinstance(estimator, CausalConditionalDecoder):
+        raise NotImplementedError(f"incremental decoding needs a CausalConditionalDecoder, not {type(estimator)}")
+    if len(estimator.down_blocks) != 1 or len(estimator.up_blocks) != 1:
+        # More levels would add strided (down/up-sampling) convolutions, which this walk does not stream.
+        raise NotImplementedError("incremental decoding supports a single-level estimator (channels of length 1)")
+    if not isinstance(estimator.down_blocks[0][2], CausalConv1d) or not isinstance(estimator.up_blocks[0][2],
+                                                                                    CausalConv1d):
+        raise NotImplementedError("incremental decoding needs causal convolutions around the mid blocks")
+    if any(block.attn2 is not None or not isinstance(block.norm1, torch.nn.LayerNorm)
+           for block in _transformer_blocks(estimator)):
+        raise NotImplementedError("incremental decoding supports self-attention blocks with plain layer norms")
+
+
+def _transformer_blocks(estimator: Any) -> list[Any]:
+    groups = [estimator.down_blocks[0][1], *(blocks for _, blocks in estimator.mid_blocks), estimator.up_blocks[0][1]]
+    return [block for blocks in groups for block in blocks]
+
+
+def _causal_convs(estimator: Any) -> list[torch.nn.Conv1d]:
+    """Every causal convolution, in the order `_estimate` calls them."""
+    def resnet_convs(resnet: Any) -> list[torch.nn.Conv1d]:
+        return [resnet.block1.block[0], resnet.block2.block[0]]
+
+    convs = [*resnet_convs(estimator.down_blocks[0][0]), estimator.down_blocks[0][2]]
+    for resnet, _ in estimator.mid_blocks:
+        convs += resnet_convs(resnet)
+    convs += [*resnet_convs(estimator.up_blocks[0][0]), estimator.up_blocks[0][2], estimator.final_block.block[0]]
+    return convs
+
+
+def _empty_cache(estimator: Any, device: torch.device, dtype: torch.dtype) -> FlowStreamCache:
+    """The state before the first frame: no keys, and zeros for the convolutions' left padding."""
+    blocks = _transformer_blocks(estimator)
+    attn = blocks[0].attn1
+    shape = (FLOW_TIMESTEPS, len(blocks), 2, attn.heads, 0, attn.to_k.out_features // attn.heads)
+    tails = [torch.zeros(FLOW_TIMESTEPS, 2, conv.in_channels, conv.causal_padding, device=device, dtype=dtype)
+             for conv in _causal_convs(estimator)]
+    return FlowStreamCache(frames=0, keys=torch.zeros(shape, device=device, dtype=dtype),
+                           values=torch.zeros(shape, device=device, dtype=dtype), conv_tails=tails)
+
+
+@torch.inference_mode()
+def flow_mel_incremental(flow: Any, tokens: list[int], prompt: FlowPrompt, token_offset: int,
+                         cache: FlowStreamCache | None, token_mel_ratio: int = 2) -> tuple[np.ndarray, FlowStreamCache]:
+    """Mel frames [80, T] for `tokens[token_offset:]` of a streamed (non-final) chunk, equal to
+    `flow_mel(flow, tokens, prompt, token_offset, streaming=True, finalize=False)`, and the cache
+    for the stream's next chunk.
+
+    `cache` is what the previous chunk of this stream returned; None decodes every frame from the
+    start (so a process that has not seen the stream's earlier chunks can take it over).
+    """
+    estimator = flow.decoder.estimator
+    _check_supported(estimator)
+    param = next(flow.parameters())
+    device, dtype = param.device, param.dtype
+    encoded = encode_flow_input(flow, FlowRequest(tokens, prompt, token_offset, streaming=True, finalize=False),
+                                token_mel_ratio)
+    mu, spks, cond = encoded.mu[None], encoded.spks[None], encoded.cond[None]
+    total, start = mu.shape[2], encoded.first_kept_frame
+    if cache is None:
+        cache = _empty_cache(estimator, device, dtype)
+    if cache.frames > start:
+        raise ValueError(f"the cache covers {cache.frames} frames, past this chunk's first frame {start}")
+    first, chunk = cache.frames, estimator.static_chunk_size
+    keep_until = max(first, total // chunk * chunk)
+    # Chunk-causal attention of the new frames: each sees every frame before the end of its chunk.
+    query_pos = torch.arange(first, total, device=device)
+    attn_mask = torch.arange(total, device=device)[None, :] < (query_pos[:, None] // chunk + 1) * chunk
+
+    # Classifier-free guidance: batch row 0 is conditional, row 1 has mu, speaker and prompt zeroed.
+    mu_in = torch.cat([mu[:, :, first:], torch.zeros_like(mu[:, :, first:])])
+    spks_in = torch.cat([spks, torch.zeros_like(spks)])
+    cond_in = torch.cat([cond[:, :, first:], torch.zeros_like(cond[:, :, first:])])
+    x = flow.decoder.rand_noise[:, :, first:total].to(device).to(dtype)
+    # The Euler schedule exactly as upstream's solver steps it (same dtype, same accumulation).
+    t_span = euler_time_span(flow.decoder, device, dtype)
+    t, dt = t_span[0].unsqueeze(0), t_span[1] - t_span[0]
+    cfg_rate = flow.decoder.inference_cfg_rate
+    states = []
+    for step in range(1, FLOW_TIMESTEPS + 1):
+        state = _StepState(first, keep_until, attn_mask, list(cache.keys[step - 1]), list(cache.values[step - 1]),
+                           [tail[step - 1] for tail in cache.conv_tails])
+        dphi = _estimate(state, estimator, torch.cat([x, x]), mu_in, t.expand(2), spks_in, cond_in)
+        states.append(state)
+        dphi_cond, dphi_uncond = dphi.split(1)
+        x = x + dt * ((1.0 + cfg_rate) * dphi_cond - cfg_rate * dphi_uncond)
+        t = t + dt
+        if step < FLOW_TIMESTEPS:
+            dt = t_span[step + 1] - t
+
+    def stacked(per_step: list[list[torch.Tensor]]) -> torch.Tensor:
+        return torch.stack([torch.stack(blocks) for blocks in per_step])
+
+    next_cache = FlowStreamCache(
+        frames=keep_until,
+        keys=torch.cat([cache.keys, stacked([state.new_keys for state in states])], dim=4),
+        values=torch.cat([cache.values, stacked([state.new_values for state in states])], dim=4),
+        conv_tails=[torch.stack([state.new_tails[i] for state in states]) for i in range(len(cache.conv_tails))])
+    return x[0, :, start - first:].float().cpu().numpy(), next_cache
