@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
 #: Entries kept by each shape-keyed cache of CPU convolution kernels in a model replica: oneDNN's
 #: primitive cache and ideep's computation cache (PyTorch's oneDNN wrapper), 1024 each by default.
@@ -25,11 +24,9 @@ import sys
 KERNEL_CACHE_CAPACITY = 128
 
 # ideep reads its variable when libtorch is loaded, so these are set before torch is imported:
-# every model deployment imports this module before anything that imports torch. Values already
-# in the environment (e.g. a deployment's runtime_env) are kept.
-if "torch" in sys.modules and "LRU_CACHE_CAPACITY" not in os.environ:
-    logging.getLogger("ray.serve").warning("torch was imported before deployments.model_stage: "
-                                           "ideep's kernel cache stays at its default size")
+# every model deployment imports this module before anything that imports torch, and a replica is
+# a fresh process (in a driver that imported torch first, only oneDNN's cap applies). Values
+# already in the environment (e.g. a deployment's runtime_env) are kept.
 for _name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
     os.environ.setdefault(_name, str(KERNEL_CACHE_CAPACITY))
 

@@ -38,22 +38,46 @@ class FlowStreamCache:
 
     Covers the first `frames` frames of the stream (prompt frames included); `frames` is always a
     multiple of the estimator's attention chunk, because a frame's state is only final once the
-    rest of its chunk is known. Tensors are in the flow model's dtype and on its device.
+    rest of its chunk is known. Tensors are in the flow model's dtype and on its device. Each
+    chunk writes its keys and values into buffers grown ahead of need, so a chunk never copies
+    the state of the ones before it (past a few hundred frames that copy costs more than the
+    chunk's own attention). A decoded chunk updates the cache in place.
     """
 
     #: Frames covered, counted from the first prompt frame.
     frames: int
-    #: Attention keys and values, [steps, transformer blocks, 2 (CFG), heads, frames, head dim].
-    keys: torch.Tensor
-    values: torch.Tensor
+    #: Attention keys and values, [steps, transformer blocks, 2 (CFG), heads, capacity, head dim];
+    #: frames past `frames` are scratch.
+    key_buffer: torch.Tensor
+    value_buffer: torch.Tensor
     #: The inputs of the last frames of each causal convolution, in network order:
     #: [steps, 2 (CFG), channels, kernel - 1] each.
     conv_tails: list[torch.Tensor] = field(default_factory=list)
 
     @property
+    def keys(self) -> torch.Tensor:
+        return self.key_buffer[..., : self.frames, :]
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self.value_buffer[..., : self.frames, :]
+
+    @property
     def nbytes(self) -> int:
-        tensors = [self.keys, self.values, *self.conv_tails]
+        tensors = [self.key_buffer, self.value_buffer, *self.conv_tails]
         return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+    def reserve(self, frames: int, growth: float = 1.5) -> None:
+        """Make room for `frames` frames, growing geometrically so copies stay rare."""
+        capacity = self.key_buffer.shape[4]
+        if frames <= capacity:
+            return
+        capacity = max(frames, int(capacity * growth))
+        for name in ("key_buffer", "value_buffer"):
+            old = getattr(self, name)
+            new = old.new_empty(*old.shape[:4], capacity, old.shape[5])
+            new[..., : self.frames, :] = old[..., : self.frames, :]
+            setattr(self, name, new)
 
 
 class _StepState:
@@ -64,12 +88,12 @@ class _StepState:
     calls them, so the walk below needs no names for them.
     """
 
-    def __init__(self, first: int, keep_until: int, attn_mask: torch.Tensor, keys: list[torch.Tensor],
-                 values: list[torch.Tensor], tails: list[torch.Tensor]):
+    def __init__(self, first: int, keep_until: int, attn_mask: torch.Tensor, keys: torch.Tensor,
+                 values: torch.Tensor, tails: list[torch.Tensor]):
         self.first, self.keep_until, self.attn_mask = first, keep_until, attn_mask
+        #: This step's key and value buffers, [blocks, 2, heads, capacity, head dim]: written in place.
         self.keys, self.values, self.tails = keys, values, tails
-        self.new_keys: list[torch.Tensor] = []
-        self.new_values: list[torch.Tensor] = []
+        self.blocks_done = 0
         self.new_tails: list[torch.Tensor] = []
 
     def causal_conv(self, conv: torch.nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
@@ -88,11 +112,11 @@ class _StepState:
         head_dim = key.shape[-1] // attn.heads
         query, key, value = (tensor.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
                              for tensor in (query, key, value))
-        block = len(self.new_keys)
-        self.new_keys.append(key[:, :, :self.keep_until - self.first])
-        self.new_values.append(value[:, :, :self.keep_until - self.first])
-        key = torch.cat([self.keys[block], key], dim=2)
-        value = torch.cat([self.values[block], value], dim=2)
+        block, end = self.blocks_done, self.first + key.shape[2]
+        self.blocks_done += 1
+        self.keys[block, :, :, self.first:end] = key
+        self.values[block, :, :, self.first:end] = value
+        key, value = self.keys[block, :, :, :end], self.values[block, :, :, :end]
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=self.attn_mask)
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         return attn.to_out[1](attn.to_out[0](out))
@@ -182,8 +206,8 @@ def _empty_cache(estimator: Any, device: torch.device, dtype: torch.dtype) -> Fl
     shape = (FLOW_TIMESTEPS, len(blocks), 2, attn.heads, 0, attn.to_k.out_features // attn.heads)
     tails = [torch.zeros(FLOW_TIMESTEPS, 2, conv.in_channels, conv.causal_padding, device=device, dtype=dtype)
              for conv in _causal_convs(estimator)]
-    return FlowStreamCache(frames=0, keys=torch.zeros(shape, device=device, dtype=dtype),
-                           values=torch.zeros(shape, device=device, dtype=dtype), conv_tails=tails)
+    return FlowStreamCache(frames=0, key_buffer=torch.zeros(shape, device=device, dtype=dtype),
+                           value_buffer=torch.zeros(shape, device=device, dtype=dtype), conv_tails=tails)
 
 
 @torch.inference_mode()
@@ -193,8 +217,9 @@ def flow_mel_incremental(flow: Any, tokens: list[int], prompt: FlowPrompt, token
     `flow_mel(flow, tokens, prompt, token_offset, streaming=True, finalize=False)`, and the cache
     for the stream's next chunk.
 
-    `cache` is what the previous chunk of this stream returned; None decodes every frame from the
-    start (so a process that has not seen the stream's earlier chunks can take it over).
+    `cache` is what the previous chunk of this stream returned (it is updated in place); None
+    decodes every frame from the start (so a process that has not seen the stream's earlier
+    chunks can take it over).
     """
     estimator = flow.decoder.estimator
     _check_supported(estimator)
@@ -210,6 +235,7 @@ def flow_mel_incremental(flow: Any, tokens: list[int], prompt: FlowPrompt, token
         raise ValueError(f"the cache covers {cache.frames} frames, past this chunk's first frame {start}")
     first, chunk = cache.frames, estimator.static_chunk_size
     keep_until = max(first, total // chunk * chunk)
+    cache.reserve(total)
     # Chunk-causal attention of the new frames: each sees every frame before the end of its chunk.
     query_pos = torch.arange(first, total, device=device)
     attn_mask = torch.arange(total, device=device)[None, :] < (query_pos[:, None] // chunk + 1) * chunk
@@ -225,7 +251,7 @@ def flow_mel_incremental(flow: Any, tokens: list[int], prompt: FlowPrompt, token
     cfg_rate = flow.decoder.inference_cfg_rate
     states = []
     for step in range(1, FLOW_TIMESTEPS + 1):
-        state = _StepState(first, keep_until, attn_mask, list(cache.keys[step - 1]), list(cache.values[step - 1]),
+        state = _StepState(first, keep_until, attn_mask, cache.key_buffer[step - 1], cache.value_buffer[step - 1],
                            [tail[step - 1] for tail in cache.conv_tails])
         dphi = _estimate(state, estimator, torch.cat([x, x]), mu_in, t.expand(2), spks_in, cond_in)
         states.append(state)
@@ -235,12 +261,6 @@ def flow_mel_incremental(flow: Any, tokens: list[int], prompt: FlowPrompt, token
         if step < FLOW_TIMESTEPS:
             dt = t_span[step + 1] - t
 
-    def stacked(per_step: list[list[torch.Tensor]]) -> torch.Tensor:
-        return torch.stack([torch.stack(blocks) for blocks in per_step])
-
-    next_cache = FlowStreamCache(
-        frames=keep_until,
-        keys=torch.cat([cache.keys, stacked([state.new_keys for state in states])], dim=4),
-        values=torch.cat([cache.values, stacked([state.new_values for state in states])], dim=4),
-        conv_tails=[torch.stack([state.new_tails[i] for state in states]) for i in range(len(cache.conv_tails))])
-    return x[0, :, start - first:].float().cpu().numpy(), next_cache
+    cache.frames = keep_until
+    cache.conv_tails = [torch.stack([state.new_tails[i] for state in states]) for i in range(len(cache.conv_tails))]
+    return x[0, :, start - first:].float().cpu().numpy(), cache
