@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
 from ray import serve
 
 from deployments.metrics import StageLoad
-from deployments.model_stage import load_stage
+from deployments.model_stage import ModelThread, load_stage
 from serve_app.settings import Settings
 from tts_model.flow_incremental import FlowStreamCache, flow_mel_incremental
 from tts_model.token2wav import FlowPrompt, FlowRequest, flow_mel_batch
@@ -65,8 +63,7 @@ class FlowDecoder:
 
     def __init__(self, settings: Settings):
         self.model, _ = load_stage(settings, ["flow"])
-        # One thread runs every batch: warm kernel caches and one malloc arena, not one per pool thread.
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.worker = ModelThread()
         self.stream_caches = StreamCacheStore(int(settings.flow_stream_cache_mb * 2**20))
         self.load = StageLoad("flow")
         self.decode_batch.set_max_batch_size(settings.flow_max_batch_size)
@@ -83,8 +80,7 @@ class FlowDecoder:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
     async def decode_batch(self, requests: list[FlowRequest], stream_keys: list[str | None]) -> list[np.ndarray]:
-        # One batch at a time (serve.batch's default), off the event loop so calls keep queueing.
-        return await asyncio.get_running_loop().run_in_executor(self.worker, self._decode, requests, stream_keys)
+        return await self.worker.run(self._decode, requests, stream_keys)
 
     def _decode(self, requests: list[FlowRequest], stream_keys: list[str | None]) -> list[np.ndarray]:
         mels: list[np.ndarray | None] = [None] * len(requests)

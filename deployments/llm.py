@@ -31,19 +31,14 @@ _Item = list[int] | BaseException | None
 
 
 @dataclass
-class _Joining:
+class _Sequence:
     sequence_id: int
     request: SpeechTokenRequest
     queue: asyncio.Queue
-    stream: bool
-
-
-@dataclass
-class _Sequence:
-    state: DecodeState
-    queue: asyncio.Queue
     #: Tokens are handed over as they come; otherwise all at once when the sequence finishes.
     stream: bool
+    #: Set by the decoding thread when the sequence joins.
+    state: DecodeState | None = None
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
@@ -54,7 +49,7 @@ class SpeechTokenLLM:
         self.ids = itertools.count()
         # Shared with the decoding thread, under `changed`: who joins, who left.
         self.changed = threading.Condition()
-        self.joining: list[_Joining] = []
+        self.joining: list[_Sequence] = []
         self.leaving: set[int] = set()
         # Owned by the decoding thread.
         self.sequences: dict[int, _Sequence] = {}
@@ -81,7 +76,7 @@ class SpeechTokenLLM:
         self.loop = asyncio.get_running_loop()
         sequence_id, queue = next(self.ids), asyncio.Queue()
         with self.changed:
-            self.joining.append(_Joining(sequence_id, request, queue, stream))
+            self.joining.append(_Sequence(sequence_id, request, queue, stream))
             self.changed.notify()
         try:
             finished = False
@@ -111,15 +106,15 @@ class SpeechTokenLLM:
             for sequence_id in leaving:
                 self.sequences.pop(sequence_id, None)
             deliveries: list[tuple[asyncio.Queue, _Item]] = []
-            for joiner in joining:
-                if joiner.sequence_id in leaving:
+            for sequence in joining:
+                if sequence.sequence_id in leaving:
                     continue
                 try:
-                    self.sequences[joiner.sequence_id] = _Sequence(self.decoder.start(joiner.request), joiner.queue,
-                                                                   joiner.stream)
+                    sequence.state = self.decoder.start(sequence.request)
+                    self.sequences[sequence.sequence_id] = sequence
                 except Exception as exc:  # e.g. a prompt the model cannot take: fail this request only
                     logger.exception("speech-token decoding failed to start")
-                    deliveries.append((joiner.queue, exc))
+                    deliveries.append((sequence.queue, exc))
             if self.sequences:
                 self.load.set(len(self.sequences))
                 deliveries += self._step_all()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 #: Entries kept by each shape-keyed cache of CPU convolution kernels in a model replica: oneDNN's
 #: primitive cache and ideep's computation cache (PyTorch's oneDNN wrapper), 1024 each by default.
@@ -38,6 +42,8 @@ from tts_model.loader import CosyVoice2Model, Part, load_model  # noqa: E402
 
 logger = logging.getLogger("ray.serve")
 
+T = TypeVar("T")
+
 
 def load_stage(settings: Settings, parts: list[Part], device: str | None = None) -> tuple[CosyVoice2Model, bool]:
     """Load `parts` of the configured model (the cached tiny twin if none is configured).
@@ -51,3 +57,15 @@ def load_stage(settings: Settings, parts: list[Part], device: str | None = None)
         logger.warning("serving the random-weight CosyVoice2 twin at %s (set COSYVOICE_MODEL_DIR for real weights)",
                        model_dir)
     return load_model(model_dir, parts=parts, device=device or settings.device, dtype=settings.dtype), is_twin
+
+
+class ModelThread:
+    """The one thread that runs a replica's forward passes, off its event loop (so calls keep
+    queueing into the next batch). One thread, not a pool: warm kernel caches and one malloc
+    arena, and never two forwards into one model copy at a time."""
+
+    def __init__(self) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 from ray import serve
 
 from deployments.metrics import StageLoad
-from deployments.model_stage import load_stage
+from deployments.model_stage import ModelThread, load_stage
 from serve_app.settings import Settings
 from tts_model.token2wav import VocoderCache, VocodeRequest, vocode_batch
 
@@ -23,8 +20,7 @@ class Vocoder:
 
     def __init__(self, settings: Settings):
         self.model, _ = load_stage(settings, ["hift"])
-        # One thread runs every batch: warm kernel caches and one malloc arena, not one per pool thread.
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.worker = ModelThread()
         self.load = StageLoad("vocoder")
         self.vocode_batch.set_max_batch_size(settings.vocoder_max_batch_size)
         self.vocode_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
@@ -37,7 +33,7 @@ class Vocoder:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
     async def vocode_batch(self, requests: list[VocodeRequest]) -> list[tuple[np.ndarray, VocoderCache | None]]:
         # vocode_batch seeds torch's global RNG per request: one batch at a time keeps that private.
-        return await asyncio.get_running_loop().run_in_executor(self.worker, vocode_batch, self.model.hift, requests)
+        return await self.worker.run(vocode_batch, self.model.hift, requests)
 
     def check_health(self) -> None:
         if self.model.hift is None:

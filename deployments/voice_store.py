@@ -64,35 +64,33 @@ _OPTIONAL_META = frozenset({"description", "language", "prompt_text", "audio_for
 _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
-class VoiceNotFoundError(KeyError):
+class _VoiceIdError(Exception):
+    """An error about one voice id; `args` holds only the id so it pickles back intact across Ray."""
+
+    template: str
+
+    def __init__(self, voice_id: str) -> None:
+        super().__init__(voice_id)
+        self.voice_id = voice_id
+
+    @property
+    def message(self) -> str:
+        return self.template.format(voice_id=self.voice_id)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class VoiceNotFoundError(_VoiceIdError, KeyError):
     """No registered voice has this id (the API answers 404 voice_not_found)."""
 
-    def __init__(self, voice_id: str) -> None:
-        # args holds only the id so the error pickles back intact across Ray.
-        super().__init__(voice_id)
-        self.voice_id = voice_id
-
-    @property
-    def message(self) -> str:
-        return f"Voice with ID '{self.voice_id}' not found"
-
-    def __str__(self) -> str:
-        return self.message
+    template = "Voice with ID '{voice_id}' not found"
 
 
-class VoiceExistsError(ValueError):
+class VoiceExistsError(_VoiceIdError, ValueError):
     """A voice with this id is already registered (the API answers 409 voice_already_exists)."""
 
-    def __init__(self, voice_id: str) -> None:
-        super().__init__(voice_id)
-        self.voice_id = voice_id
-
-    @property
-    def message(self) -> str:
-        return f"Voice with ID '{self.voice_id}' already exists"
-
-    def __str__(self) -> str:
-        return self.message
+    template = "Voice with ID '{voice_id}' already exists"
 
 
 def _file_name(voice_id: str) -> str:

@@ -28,22 +28,20 @@ def chunk_costs(model_dir: str, dtype: str, threads: int, chunks: int = 12, seed
     prompt = FlowPrompt(voice.speech_token, voice.speech_feat, voice.embedding)
     tokens = np.random.default_rng(seed).integers(0, 6561, 25 * (chunks + 4)).tolist()
     planner = StreamPlanner(len(voice.speech_token), stream=True)
-    rows, cache, cache_sizes = [], None, []
+    rows, cache = [], None
     while len(rows) < chunks and (plan := planner.next_chunk(len(tokens), llm_finished=False)):
         started = time.perf_counter()
         mel = flow_mel(model.flow, tokens[:plan.end], prompt, plan.token_offset, plan.streaming, plan.finalize)
         recompute_seconds = time.perf_counter() - started
         started = time.perf_counter()
         incremental, cache = flow_mel_incremental(model.flow, tokens[:plan.end], prompt, plan.token_offset, cache)
-        cache_sizes.append((cache.frames, cache.nbytes))
         rows.append({"chunk": len(rows), "tokens": plan.end, "new_frames": int(mel.shape[1]),
                      "seconds": round(recompute_seconds, 3),
                      "incremental_seconds": round(time.perf_counter() - started, 3),
                      "max_abs_diff": float(np.abs(incremental - mel).max()),
                      "cache_mb": round(cache.nbytes / 2**20, 1)})
-    (first_frames, first_bytes), (last_frames, last_bytes) = cache_sizes[0], cache_sizes[-1]
+    covered_bytes = (cache.keys.numel() + cache.values.numel()) * cache.keys.element_size()
     return {"prompt_tokens": len(voice.speech_token), "dtype": dtype, "threads": threads, "chunks": rows,
             "last_over_first": round(rows[-1]["seconds"] / rows[0]["seconds"], 2),
             "incremental_last_over_first": round(rows[-1]["incremental_seconds"] / rows[0]["incremental_seconds"], 2),
-            "cache_bytes_per_frame": (last_bytes - first_bytes) // (last_frames - first_frames)
-            if last_frames > first_frames else None}
+            "cache_bytes_per_frame": covered_bytes // cache.frames}
