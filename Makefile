@@ -6,7 +6,7 @@ VENV := .venv/bin
 
 setup: .venv/.installed
 
-.venv/.installed: pyproject.toml scripts/setup.sh
+.venv/.installed: pyproject.toml benchmarks/pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
 	touch $@
 
@@ -15,6 +15,7 @@ serve: setup
 
 test: setup
 	$(VENV)/ruff check .
+	$(VENV)/lint-imports
 	$(VENV)/python -m pytest tests
 
 test-slow: setup
@@ -22,6 +23,7 @@ test-slow: setup
 
 lint: setup
 	$(VENV)/ruff check .
+	$(VENV)/lint-imports
 
 bench: setup
 	$(VENV)/cosyvoice-serve bench

@@ -10,9 +10,10 @@ from ray import serve
 
 from deployments.metrics import StageLoad
 from deployments.model_stage import ModelThread, load_stage
-from serve_app.settings import Settings
+from tts_core.settings import Settings
+from tts_core.wire import FlowPrompt
+from tts_model.flow_decode import FlowRequest, flow_mel_batch
 from tts_model.flow_incremental import FlowStreamCache, flow_mel_incremental
-from tts_model.token2wav import FlowPrompt, FlowRequest, flow_mel_batch
 
 
 class _Sized(Protocol):

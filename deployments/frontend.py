@@ -7,8 +7,9 @@ from ray import serve
 
 from deployments.metrics import StageLoad
 from deployments.model_stage import load_stage
-from serve_app.settings import Settings
-from tts_model.frontend import END_OF_PROMPT, FrontendError, TextFrontend, VoiceFeatureExtractor, VoiceFeatures
+from tts_core.settings import Settings
+from tts_core.wire import FrontendError, VoiceFeatures
+from tts_model.frontend import END_OF_PROMPT, TextFrontend, VoiceFeatureExtractor, voice_from_spk2info
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16)
@@ -21,7 +22,7 @@ class TextFrontendDeployment:
         self.load = StageLoad("frontend")
         self.text = TextFrontend(self.model.tokenizer)
         self.voices = VoiceFeatureExtractor(self.model)
-        self.pretrained = {speaker: VoiceFeatures.from_spk2info(entry)
+        self.pretrained = {speaker: voice_from_spk2info(entry)
                            for speaker, entry in self.model.spk2info.items()}
 
     def model_info(self) -> dict:

@@ -21,8 +21,9 @@ from ray import serve
 
 from deployments.metrics import StageLoad, metric
 from deployments.model_stage import load_stage
-from serve_app.settings import Settings
-from tts_model.llm_decode import DecodeState, SpeechTokenDecoder, SpeechTokenRequest
+from tts_core.settings import Settings
+from tts_core.wire import SpeechTokenRequest
+from tts_model.llm_decode import DecodeState, SpeechTokenDecoder
 
 logger = logging.getLogger("ray.serve")
 

@@ -9,22 +9,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-#: Entries kept by each shape-keyed cache of CPU convolution kernels in a model replica: oneDNN's
-#: primitive cache and ideep's computation cache (PyTorch's oneDNN wrapper), 1024 each by default.
-#: 128 holds every convolution of one forward pass (the flow decoder reuses them over its ODE
-#: steps) and far fewer stale shapes than a long-running replica meets.
-#:
-#: Why: the flow decoder and the vocoder see a new input length on almost every request, and each
-#: convolution over a new shape creates a kernel that both caches keep. Once they are full, every
-#: request evicts entries and creates new ones; those long-lived allocations land between the
-#: freed activations on glibc's heap, which then keeps growing although the memory in use does
-#: not. Measured on the tiny twin, 500 vocoder calls with the soak's input lengths: RSS +16% from
-#: call 50 to call 500 (in-use heap +15 MB, the caches; free bytes held by malloc 23 -> 140 MB),
-#: still growing when the same lengths were replayed, so not a leak; malloc_trim every 5 s and
-#: MALLOC_ARENA_MAX=2 did not stop it. With both caps at 128: RSS +1.6% (vocoder) and +2.0% (flow
-#: decoder), flat after about 100 calls; in `cosyvoice-serve bench --soak 500` the vocoder replica
-#: went from +16.8% to +3.5%. The cost: kernels re-created for lengths seen before (tiny twin:
-#: vocoder calls about 10% slower).
+#: Entries kept by each shape-keyed cache of CPU convolution kernels in a model replica (oneDNN's
+#: primitive cache and ideep's computation cache, 1024 each by default). The flow decoder and the
+#: vocoder meet a new input length on almost every request; with full-size caches the churn of
+#: long-lived kernel allocations fragments glibc's heap and RSS keeps growing although the memory
+#: in use does not. 128 holds every convolution of one forward pass (README: memory soak).
 KERNEL_CACHE_CAPACITY = 128
 
 # ideep reads its variable when libtorch is loaded, so these are set before torch is imported:
@@ -36,7 +25,7 @@ for _name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
 
 import torch  # noqa: E402
 
-from serve_app.settings import Settings  # noqa: E402
+from tts_core.settings import Settings  # noqa: E402
 from tts_model.default_model import resolve_model_dir  # noqa: E402
 from tts_model.loader import CosyVoice2Model, Part, load_model  # noqa: E402
 

@@ -1,67 +1,32 @@
 """The orchestrator: composes frontend, LLM, flow and vocoder into one stream of audio.
 
 It relays the LLM's token stream into flow and vocoder calls and yields PCM as soon as each
-chunk is decoded. All per-stream state (tokens so far, the chunk schedule, the vocoder cache)
-lives in the request's own generator here and travels with each call, so every model replica
-stays stateless and scales on its own.
+chunk is decoded. The per-stream state that decides the audio (tokens so far, the chunk
+schedule, the vocoder cache, the seeds) lives in the request's own generator here and travels
+with each call, so any replica can serve any chunk; the flow replica also caches a stream's
+decoder state, for speed only.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.metrics import StageLoad, metric
-from deployments.task_manager import chunk_progress, task_manager_by_name
-from serve_app.rendering import render_to_store
-from serve_app.settings import Settings
-from serve_app.storage import BlobStore
-from tts_model.frontend import VoiceFeatures
-from tts_model.llm_decode import SpeechTokenRequest
-from tts_model.modes import SynthesisMode, mode_inputs
-from tts_model.token2wav import ChunkPlan, FlowPrompt, StreamPlanner, VocoderCache, chunk_seed, segment_seed
-
-
-@dataclass
-class SynthesisJob:
-    """One synthesis request, with the voice already resolved to its features."""
-
-    mode: SynthesisMode
-    text: str
-    voice: VoiceFeatures
-    instruct_text: str | None = None
-    speed: float = 1.0
-    stream: bool = False
-    seed: int = 0
-
-
-@dataclass
-class SynthesisChunk:
-    """A piece of the output waveform and where the job stands."""
-
-    pcm: np.ndarray  # float32 mono at the model's sample rate
-    segment: int
-    segments: int
-    tokens: int  # speech tokens of this segment decoded so far
-    text_tokens: int  # text tokens of this segment
-    segment_done: bool
+from tts_core.modes import SynthesisMode, mode_inputs
+from tts_core.wire import FlowPrompt, SpeechTokenRequest, SynthesisChunk, SynthesisJob, VocoderCache
+from tts_model.chunk_schedule import ChunkPlan, StreamPlanner, chunk_seed, segment_seed
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
 class SynthesisPipeline:
-    def __init__(self, settings: Settings, frontend: DeploymentHandle, llm: DeploymentHandle,
+    def __init__(self, frontend: DeploymentHandle, llm: DeploymentHandle,
                  flow: DeploymentHandle, vocoder: DeploymentHandle):
-        self.settings = settings
         self.frontend, self.llm, self.flow, self.vocoder = frontend, llm, flow, vocoder
-        self.outputs = BlobStore(settings.output_store_uri)
         self.sample_rate: int | None = None
         self.load = StageLoad("pipeline")
 
@@ -108,22 +73,6 @@ class SynthesisPipeline:
         if self.sample_rate is None:
             self.sample_rate = (await self.frontend.model_info.remote())["sample_rate"]
         return self.sample_rate
-
-    async def render(self, job: SynthesisJob, fmt: str, task_id: str) -> dict[str, Any]:
-        """Run an async task's job to a stored file, reporting progress to the task manager.
-
-        The job is decoded in streaming chunks so progress rises during each segment.
-        """
-        sample_rate = await self._sample_rate()
-        manager = task_manager_by_name(self.settings.app_name)
-
-        def report(chunk: SynthesisChunk) -> None:
-            manager.report_progress.remote(task_id, chunk_progress(chunk.segment, chunk.segments, chunk.tokens,
-                                                                   chunk.text_tokens, chunk.segment_done))
-
-        streamed = dataclasses.replace(job, stream=True)
-        return await render_to_store(self.synthesize(streamed), job.mode, fmt, self.outputs, sample_rate,
-                                     on_chunk=report)
 
     async def check_health(self) -> None:
         return None

@@ -1,80 +1,53 @@
 """Asynchronous synthesis tasks: one named, detached Ray actor owns them all.
 
-Each running task is a call of the pipeline deployment's `render`; its ObjectRef is created and
-owned here, not in an ingress replica, so a task survives the replica that accepted it (an
-ObjectRef dies with its owner). Records are persisted (one Parquet file per task, replaced
-atomically) whenever their state changes; after a restart of this actor, finished tasks are
-served from those files and tasks that were in flight are reported failed, with the reason.
+The manager runs each task itself: it consumes the pipeline's chunk stream (the stream's
+ObjectRefs are owned here, not by the ingress replica that accepted the task, so a task survives
+that replica), records progress, and stores the audio file. Records are persisted (one Parquet
+file per task, replaced atomically) whenever their state changes; after a restart of this actor,
+finished tasks are served from those files and tasks that were in flight are reported failed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
-import json
+import dataclasses
 import logging
 import secrets
 import time
 from collections import deque
-from datetime import UTC, datetime
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from serve_app.storage import BlobStore
+from deployments.actors import existing_actor, named_detached_actor
+from deployments.metrics import metric
+from tts_core.limits import now_iso
+from tts_core.modes import SynthesisMode
+from tts_core.rendering import render_to_store
+from tts_core.settings import Settings
+from tts_core.storage import task_codec
+from tts_core.storage.blobs import BlobStore
+from tts_core.tasks import (
+    QueueFullError,
+    TaskNotFoundError,
+    TaskRecord,
+    TaskState,
+    TaskStateError,
+    chunk_progress,
+)
+from tts_core.wire import SynthesisChunk, SynthesisJob
 
 logger = logging.getLogger(__name__)
 
-PENDING, PROCESSING, COMPLETED, FAILED, CANCELLED = "pending", "processing", "completed", "failed", "cancelled"
-ACTIVE_STATES = (PENDING, PROCESSING)
-FINAL_STATES = (COMPLETED, FAILED, CANCELLED)
-TASK_SUFFIX = ".parquet"
+ROLE = "task-manager"
 #: Progress reports are persisted at most this often (state changes always are).
 PROGRESS_PERSIST_INTERVAL_S = 1.0
 INTERRUPTED = "interrupted: the task manager restarted while the task was {state}"
 
-_SCHEMA = pa.schema([("task_id", pa.string()), ("mode", pa.string()), ("status", pa.string()),
-                     ("progress", pa.float64()), ("created_at", pa.string()), ("started_at", pa.string()),
-                     ("completed_at", pa.string()), ("finished_epoch", pa.float64()), ("error", pa.string()),
-                     ("result", pa.string())])
 
-
-class TaskNotFoundError(KeyError):
-    def __init__(self, task_id: str):
-        super().__init__(task_id)
-        self.task_id = task_id
-
-
-class TaskStateError(ValueError):
-    """The task is not in a state that allows the operation (e.g. cancelling a finished task)."""
-
-    def __init__(self, task_id: str, status: str):
-        super().__init__(f"task {task_id} is {status}")
-        self.task_id, self.status = task_id, status
-
-    def __reduce__(self) -> tuple:  # Ray re-raises actor errors in the caller by pickling them
-        return type(self), (self.task_id, self.status)
-
-
-class QueueFullError(RuntimeError):
-    def __init__(self, pending: int, retry_after_s: int):
-        super().__init__(f"{pending} tasks are already waiting")
-        self.pending, self.retry_after_s = pending, retry_after_s
-
-    def __reduce__(self) -> tuple:
-        return type(self), (self.pending, self.retry_after_s)
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def chunk_progress(segment: int, segments: int, tokens: int, text_tokens: int, segment_done: bool) -> float:
-    """Fraction of a job done after a chunk: whole segments, plus the current one's decoded tokens
-    against a typical 8 speech tokens per text token (capped: 1.0 is for completion only)."""
-    within = 1.0 if segment_done else min(0.9, tokens / max(1, 8 * text_tokens))
-    return min(0.99, (segment + within) / max(1, segments))
+@dataclasses.dataclass
+class _Pending:
+    job: SynthesisJob
+    fmt: str
+    sample_rate: int
 
 
 class TaskManager:
@@ -85,11 +58,14 @@ class TaskManager:
         self.store, self.outputs = BlobStore(store_uri), BlobStore(outputs_uri)
         self.app_name, self.retention_s = app_name, retention_s
         self.max_queued, self.max_running = max_queued, max_running
-        self.tasks: dict[str, dict[str, Any]] = {}
-        self.jobs: dict[str, tuple[Any, str]] = {}  # pending task id -> (job, format)
+        self.tasks: dict[str, TaskRecord] = {}
+        self.pending: dict[str, _Pending] = {}
         self.queue: deque[str] = deque()
-        self.running: dict[str, Any] = {}  # task id -> DeploymentResponse of the pipeline's render
+        self.running: dict[str, Any] = {}  # task id -> the pipeline's chunk stream
         self.persisted_at: dict[str, float] = {}
+        # Writes run off the event loop, one at a time and in order, so a slow store never
+        # stalls the actor and an older snapshot of a record never lands after a newer one.
+        self.write_lock: asyncio.Lock | None = None
         self.wakeup: asyncio.Event | None = None
         self.loops: list[asyncio.Task] = []
         self._restore()
@@ -97,32 +73,37 @@ class TaskManager:
     # -- persistence -------------------------------------------------------------------------------
 
     def _restore(self) -> None:
-        for name in self.store.list(TASK_SUFFIX):
+        for name in self.store.list(task_codec.FILE_SUFFIX):
             try:
-                table = pq.read_table(io.BytesIO(self.store.get(name)))
-                record = {key: values[0] for key, values in table.to_pydict().items()}
+                record = task_codec.decode(self.store.get(name))
             except Exception:
                 logger.exception("task record %s is unreadable; skipped", name)
                 continue
-            record["result"] = json.loads(record["result"]) if record["result"] else None
-            if record["status"] in ACTIVE_STATES:
-                record.update(status=FAILED, error=INTERRUPTED.format(state=record["status"]),
-                              completed_at=now_iso(), finished_epoch=time.time())
-                self._persist(record)
-            self.tasks[record["task_id"]] = record
+            if record.status.active:
+                self._finish(record, TaskState.FAILED, INTERRUPTED.format(state=record.status))
+                self.store.put(record.task_id + task_codec.FILE_SUFFIX, task_codec.encode(record))
+            self.tasks[record.task_id] = record
+        self._publish_counts()
         logger.info("task manager restored %d tasks", len(self.tasks))
 
-    def _persist(self, record: dict[str, Any]) -> None:
+    async def _persist(self, record: TaskRecord) -> None:
         """Save a task's record; called on every state change, which is also when the gauge moves."""
-        from deployments.metrics import metric
+        self._publish_counts()
+        data = task_codec.encode(record)
+        self.persisted_at[record.task_id] = time.monotonic()
+        self.write_lock = self.write_lock or asyncio.Lock()
+        async with self.write_lock:
+            await asyncio.to_thread(self.store.put, record.task_id + task_codec.FILE_SUFFIX, data)
 
+    def _publish_counts(self) -> None:
         for state, count in self.counts().items():
             metric("cosyvoice_async_tasks").set(count, tags={"state": state})
-        row = dict(record, result=json.dumps(record["result"]) if record["result"] is not None else None)
-        buffer = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist([row], schema=_SCHEMA), buffer)
-        self.store.put(record["task_id"] + TASK_SUFFIX, buffer.getvalue())
-        self.persisted_at[record["task_id"]] = time.monotonic()
+
+    @staticmethod
+    def _finish(record: TaskRecord, status: TaskState, error: str | None = None) -> None:
+        record.status, record.completed_at, record.finished_epoch = status, now_iso(), time.time()
+        if error is not None:
+            record.error = error
 
     # -- scheduling --------------------------------------------------------------------------------
 
@@ -136,127 +117,120 @@ class TaskManager:
         while True:
             while self.queue and len(self.running) < self.max_running:
                 task_id = self.queue.popleft()
-                if task_id in self.jobs:
-                    job, fmt = self.jobs.pop(task_id)
-                    asyncio.get_running_loop().create_task(self._run(task_id, job, fmt))
+                if task_id in self.pending:
+                    asyncio.get_running_loop().create_task(self._run(task_id, self.pending.pop(task_id)))
             self.wakeup.clear()
             await self.wakeup.wait()
 
-    async def _run(self, task_id: str, job: Any, fmt: str) -> None:
+    async def _run(self, task_id: str, pending: _Pending) -> None:
         from ray import serve
 
         record = self.tasks[task_id]
-        record.update(status=PROCESSING, started_at=now_iso())
-        self._persist(record)
+        record.status, record.started_at = TaskState.PROCESSING, now_iso()
+        await self._persist(record)
         pipeline = serve.get_deployment_handle("SynthesisPipeline", app_name=self.app_name)
-        response = pipeline.render.remote(job, fmt, task_id)
-        self.running[task_id] = response
+        # Decoded in streaming chunks so progress rises during each segment.
+        chunks = pipeline.options(stream=True).synthesize.remote(dataclasses.replace(pending.job, stream=True))
+        self.running[task_id] = chunks
         try:
-            ref = await response._to_object_ref()  # the task's ObjectRef, owned by this actor
-            result = await ref
-            record.update(status=COMPLETED, progress=1.0, result=dict(result, task_id=task_id))
+            record.result = await render_to_store(chunks, pending.fmt, self.outputs, pending.sample_rate,
+                                                  on_chunk=lambda chunk: self._progress(record, chunk))
+            record.progress = 1.0
+            self._finish(record, TaskState.COMPLETED)
         except asyncio.CancelledError:
-            record.update(status=CANCELLED, error=record["error"] or "cancelled")
+            self._finish(record, TaskState.CANCELLED, record.error or "cancelled")
         except Exception as exc:
-            if record["status"] != CANCELLED:  # a cancelled render ends in an error too
+            if record.status is not TaskState.CANCELLED:  # a cancelled stream ends in an error too
                 logger.warning("task %s failed: %r", task_id, exc)
-                record.update(status=FAILED, error=f"synthesis failed: {_reason(exc)}")
+                self._finish(record, TaskState.FAILED, f"synthesis failed: {_reason(exc)}")
         finally:
             self.running.pop(task_id, None)
-            if record["status"] == PROCESSING:  # defensive: never leave a finished run processing
-                record.update(status=FAILED, error="synthesis ended without a result")
-            record.update(completed_at=now_iso(), finished_epoch=time.time())
-            self._persist(record)
+            if record.status is TaskState.PROCESSING:  # defensive: never leave a finished run processing
+                self._finish(record, TaskState.FAILED, "synthesis ended without a result")
+            await self._persist(record)
             self.wakeup.set()
+
+    def _progress(self, record: TaskRecord, chunk: SynthesisChunk) -> None:
+        """Progress never decreases; it is persisted at most every PROGRESS_PERSIST_INTERVAL_S."""
+        if record.status is not TaskState.PROCESSING:
+            return
+        progress = chunk_progress(chunk.segment, chunk.segments, chunk.tokens, chunk.text_tokens, chunk.segment_done)
+        record.progress = max(record.progress, progress)
+        if time.monotonic() - self.persisted_at.get(record.task_id, 0.0) >= PROGRESS_PERSIST_INTERVAL_S:
+            asyncio.get_running_loop().create_task(self._persist(record))
 
     async def _expire_forever(self, period_s: float = 60.0) -> None:
         while True:
             await asyncio.sleep(period_s)
             try:
-                self.expire()
+                await self.expire()
             except Exception:
                 logger.exception("task retention sweep failed")
 
-    def expire(self) -> list[str]:
+    async def expire(self) -> list[str]:
         """Forget finished tasks (and delete their audio) older than the retention period."""
         cutoff = time.time() - self.retention_s
         expired = [task_id for task_id, record in self.tasks.items()
-                   if record["status"] in FINAL_STATES and (record["finished_epoch"] or 0) < cutoff]
+                   if not record.status.active and (record.finished_epoch or 0) < cutoff]
         for task_id in expired:
             record = self.tasks.pop(task_id)
-            self.store.delete(task_id + TASK_SUFFIX)
-            if record["result"]:
-                self.outputs.delete(record["result"]["audio_url"].rsplit("/", 1)[-1])
+            await asyncio.to_thread(self.store.delete, task_id + task_codec.FILE_SUFFIX)
+            if record.result:
+                await asyncio.to_thread(self.outputs.delete, record.result.file_name)
         return expired
 
     # -- API -----------------------------------------------------------------------------------------
 
-    async def submit(self, mode: str, job: Any, fmt: str) -> dict[str, Any]:
+    async def submit(self, job: SynthesisJob, fmt: str, sample_rate: int) -> TaskRecord:
+        """Queue a job; the record is persisted before it is returned."""
         self._ensure_loops()
-        pending = sum(1 for record in self.tasks.values() if record["status"] == PENDING)
-        if pending >= self.max_queued:
-            raise QueueFullError(pending, retry_after_s=max(1, int(pending / self.max_running) * 5))
+        queued = sum(1 for record in self.tasks.values() if record.status is TaskState.PENDING)
+        if queued >= self.max_queued:
+            raise QueueFullError(queued, retry_after_s=max(1, int(queued / self.max_running) * 5))
         task_id = f"task_{secrets.token_hex(6)}"
         while task_id in self.tasks:
             task_id = f"task_{secrets.token_hex(6)}"
-        record = {"task_id": task_id, "mode": mode, "status": PENDING, "progress": 0.0, "created_at": now_iso(),
-                  "started_at": None, "completed_at": None, "finished_epoch": None, "error": None, "result": None}
+        record = TaskRecord(task_id=task_id, mode=SynthesisMode(job.mode), status=TaskState.PENDING, progress=0.0,
+                            created_at=now_iso())
         self.tasks[task_id] = record
-        self._persist(record)
-        self.jobs[task_id] = (job, fmt)
+        await self._persist(record)
+        self.pending[task_id] = _Pending(job, fmt, sample_rate)
         self.queue.append(task_id)
         self.wakeup.set()
-        return public(record)
+        return record
 
-    def report_progress(self, task_id: str, progress: float) -> None:
-        """Called by the pipeline as chunks are produced; progress never decreases."""
-        record = self.tasks.get(task_id)
-        if record is None or record["status"] != PROCESSING:
-            return
-        record["progress"] = max(record["progress"], min(0.99, float(progress)))
-        if time.monotonic() - self.persisted_at.get(task_id, 0.0) >= PROGRESS_PERSIST_INTERVAL_S:
-            self._persist(record)
-
-    def status(self, task_id: str) -> dict[str, Any]:
-        return public(self._get(task_id))
-
-    def result(self, task_id: str) -> dict[str, Any]:
-        """The task's record plus, when completed, its result body."""
-        record = self._get(task_id)
-        return dict(public(record), result=record["result"])
-
-    async def cancel(self, task_id: str) -> dict[str, Any]:
-        record = self._get(task_id)
-        if record["status"] not in ACTIVE_STATES:
-            raise TaskStateError(task_id, record["status"])
-        record.update(status=CANCELLED, error="cancelled by request", completed_at=now_iso(),
-                      finished_epoch=time.time())
-        self.jobs.pop(task_id, None)
-        response = self.running.get(task_id)
-        if response is not None:
-            response.cancel()  # cancels the render in the pipeline, and with it the LLM's stream
-        self._persist(record)
-        return public(record)
-
-    def list(self, status: str | None = None, limit: int = 50) -> dict[str, Any]:
-        matches = [record for record in self.tasks.values() if status is None or record["status"] == status]
-        matches.sort(key=lambda record: (record["created_at"], record["task_id"]), reverse=True)
-        return {"tasks": [public(record) for record in matches[:limit]], "total": len(matches)}
-
-    def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys((*ACTIVE_STATES, *FINAL_STATES), 0)
-        for record in self.tasks.values():
-            counts[record["status"]] += 1
-        return counts
-
-    def ready(self) -> bool:
-        return True
-
-    def _get(self, task_id: str) -> dict[str, Any]:
+    def get(self, task_id: str) -> TaskRecord:
         try:
             return self.tasks[task_id]
         except KeyError:
             raise TaskNotFoundError(task_id) from None
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        record = self.get(task_id)
+        if not record.status.active:
+            raise TaskStateError(task_id, record.status)
+        self._finish(record, TaskState.CANCELLED, "cancelled by request")
+        self.pending.pop(task_id, None)
+        chunks = self.running.get(task_id)
+        if chunks is not None:
+            chunks.cancel()  # cancels the pipeline's synthesis, and with it the LLM's stream
+        await self._persist(record)
+        return record
+
+    def list(self, status: str | None = None, limit: int = 50) -> tuple[list[TaskRecord], int]:
+        """The newest `limit` tasks in `status` (any if None), and how many match in all."""
+        matches = [record for record in self.tasks.values() if status is None or record.status == status]
+        matches.sort(key=lambda record: (record.created_at, record.task_id), reverse=True)
+        return matches[:limit], len(matches)
+
+    def counts(self) -> dict[str, int]:
+        counts = {str(state): 0 for state in TaskState}
+        for record in self.tasks.values():
+            counts[record.status] += 1
+        return counts
+
+    def ready(self) -> bool:
+        return True
 
 
 def _reason(exc: BaseException) -> str:
@@ -266,31 +240,13 @@ def _reason(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {text[-1] if text else ''}".strip().rstrip(":")
 
 
-def public(record: dict[str, Any]) -> dict[str, Any]:
-    """The API's Task object."""
-    completed = record["status"] == COMPLETED
-    body = {key: record[key] for key in ("task_id", "mode", "status", "progress", "created_at", "started_at",
-                                         "completed_at", "error")}
-    body["result_available"] = completed
-    body["result_url"] = f"/api/v1/async/tasks/{record['task_id']}/result" if completed else None
-    return body
-
-
-async def task_manager_actor(settings: Any) -> Any:
-    """The application's task manager, created by whichever replica asks first (named, detached,
-    restarted by Ray if it dies)."""
-    import ray
-
-    actor_class = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=64)(TaskManager)
-    actor = actor_class.options(name=f"{settings.app_name}-task-manager", namespace="cosyvoice-serve",
-                                lifetime="detached", get_if_exists=True).remote(
-        settings.task_store_uri, settings.output_store_uri, settings.app_name, settings.max_queued_tasks,
-        settings.max_running_tasks, settings.task_retention_s)
-    await actor.ready.remote()
-    return actor
+def task_manager_actor(settings: Settings) -> Any:
+    """The application's task manager actor."""
+    return named_detached_actor(TaskManager, settings.app_name, ROLE, settings.task_store_uri,
+                                settings.output_store_uri, settings.app_name, settings.max_queued_tasks,
+                                settings.max_running_tasks, settings.task_retention_s,
+                                max_task_retries=0, max_concurrency=64)
 
 
 def task_manager_by_name(app_name: str) -> Any:
-    import ray
-
-    return ray.get_actor(f"{app_name}-task-manager", namespace="cosyvoice-serve")
+    return existing_actor(app_name, ROLE)

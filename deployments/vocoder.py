@@ -7,8 +7,9 @@ from ray import serve
 
 from deployments.metrics import StageLoad
 from deployments.model_stage import ModelThread, load_stage
-from serve_app.settings import Settings
-from tts_model.token2wav import VocoderCache, VocodeRequest, vocode_batch
+from tts_core.settings import Settings
+from tts_core.wire import VocoderCache
+from tts_model.vocode import VocodeRequest, vocode_batch
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16)

@@ -12,4 +12,6 @@ python -m pip install -q -e '.[dev]'
 # These two declare dependencies that are wrong for serving (onnxruntime-gpu, modelscope,
 # triton...): install them alone; pyproject.toml lists what their modules really import.
 python -m pip install -q --no-deps cosyvoice-minicpmo==0.1.0 openai-whisper==20250625
+# The benchmark ships apart from the service (its own distribution, not in the service's wheel).
+python -m pip install -q -e ./benchmarks
 python -c "import cosyvoice, whisper, ray, torch; print('environment ready: torch', torch.__version__, 'ray', ray.__version__)"

@@ -14,7 +14,7 @@ from deployments.llm import SpeechTokenLLM
 from deployments.pipeline import SynthesisPipeline
 from deployments.vocoder import Vocoder
 from serve_app.ingress import ApiIngress
-from serve_app.settings import Settings
+from tts_core.settings import Settings
 
 
 def build_app(args: Settings) -> Application:
@@ -23,5 +23,5 @@ def build_app(args: Settings) -> Application:
     settings = Settings(**given).resolved()
     frontend = TextFrontendDeployment.bind(settings)
     llm = SpeechTokenLLM.bind(settings)
-    pipeline = SynthesisPipeline.bind(settings, frontend, llm, FlowDecoder.bind(settings), Vocoder.bind(settings))
+    pipeline = SynthesisPipeline.bind(frontend, llm, FlowDecoder.bind(settings), Vocoder.bind(settings))
     return ApiIngress.bind(settings, frontend, pipeline)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
 import time
-
-from serve_app.bench.runner import add_arguments as add_bench_arguments
 
 
 def make_model(args: argparse.Namespace) -> int:
@@ -21,10 +20,18 @@ def make_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def bench(args: argparse.Namespace) -> int:
-    from serve_app.bench.runner import run_bench
+BENCH_NOT_INSTALLED = ("the benchmark is not installed: it ships apart from the service, in the repository's "
+                       "benchmarks/ folder; from a checkout, run `pip install -e ./benchmarks`")
 
-    return run_bench(args)
+
+def bench_runner() -> object | None:
+    """The benchmark's command module, or None where it is not installed."""
+    try:
+        return importlib.import_module("benchmarks.runner")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("benchmarks", "httpx", "psutil"):
+            raise
+        return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,8 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     description="Drive a fixed, seeded workload through the service over HTTP and "
                                                 "through an upstream-style baseline; print a table, then one JSON "
                                                 "line with the figures.")
-    add_bench_arguments(benchmark)
-    benchmark.set_defaults(handler=bench)
+    runner = bench_runner()
+    if runner is None:
+        benchmark.set_defaults(handler=lambda args: sys.exit(f"cosyvoice-serve bench: {BENCH_NOT_INSTALLED}"))
+    else:
+        runner.add_arguments(benchmark)
+        benchmark.set_defaults(handler=runner.run_bench)
     return parser
 
 

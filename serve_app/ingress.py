@@ -8,7 +8,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.api.app import create_api
 from serve_app.serving.state import ServiceState
-from serve_app.settings import Settings
+from tts_core.settings import Settings
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=128)

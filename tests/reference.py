@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tts_model.token2wav import chunk_seed, segment_seed
+from tts_model.chunk_schedule import chunk_seed, segment_seed
 
 
 def upstream_frontend(model):

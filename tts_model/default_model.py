@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from tts_core.settings import DEFAULT_CACHE_DIR
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cosyvoice-serve"
 
 
 def ensure_twin(cache_dir: str | Path = DEFAULT_CACHE_DIR, size: str = "tiny", seed: int = 0) -> Path:

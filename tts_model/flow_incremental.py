@@ -29,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tts_model.token2wav import FLOW_TIMESTEPS, FlowPrompt, FlowRequest, encode_flow_input, euler_time_span
+from tts_core.wire import FlowPrompt
+from tts_model.flow_decode import FLOW_TIMESTEPS, FlowRequest, encode_flow_input, euler_time_span
 
 
 @dataclass

@@ -11,79 +11,46 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
+from tts_core.limits import MAX_PROMPT_SECONDS, MIN_PROMPT_SECONDS
+from tts_core.wire import EMBEDDING_DIM, MEL_BINS, FrontendError, VoiceFeatures
 from tts_model import matcha_compat  # noqa: F401
 
 PROMPT_SAMPLE_RATE = 16000
-#: The speech tokenizer's limit on prompt audio.
-MAX_PROMPT_SECONDS = 30.0
-MIN_PROMPT_SECONDS = 0.5
 #: Separates an instruction from the text in CosyVoice2's instruct mode.
 END_OF_PROMPT = "<|endofprompt|>"
-EMBEDDING_DIM = 192
-MEL_BINS = 80
 
 
-class FrontendError(ValueError):
-    """Input the front end cannot turn into model inputs (the API answers 400)."""
+def voice_from_spk2info(entry: dict[str, Any]) -> VoiceFeatures:
+    """Read an upstream `spk2info.pt` entry (sft-only or full zero-shot speaker)."""
+    embedding = entry.get("flow_embedding", entry.get("embedding"))
+    if embedding is None:
+        raise FrontendError("speaker entry has no embedding")
+    if "flow_prompt_speech_token" not in entry:
+        return VoiceFeatures.embedding_only(_numpy(embedding))
+    return VoiceFeatures(
+        speech_token=_numpy(entry["flow_prompt_speech_token"]).astype(np.int32).reshape(-1),
+        speech_feat=_numpy(entry["prompt_speech_feat"]).astype(np.float32).reshape(-1, MEL_BINS),
+        embedding=_numpy(embedding).astype(np.float32).reshape(EMBEDDING_DIM),
+        prompt_text_token=_numpy(entry.get("prompt_text", torch.zeros(0))).astype(np.int32).reshape(-1))
 
 
-@dataclass
-class VoiceFeatures:
-    """A voice's model features, computed once from its prompt audio.
-
-    Arrays are numpy so they travel cheaply between Ray processes and persist as Parquet.
-    """
-
-    #: Speech tokens of the prompt audio (25 per second), int32.
-    speech_token: np.ndarray
-    #: 24 kHz log-mel of the prompt audio, [2 * len(speech_token), 80], float32.
-    speech_feat: np.ndarray
-    #: Speaker embedding (campplus), [192], float32.
-    embedding: np.ndarray
-    #: Tokens of the prompt transcript, normalised as upstream does; empty without a transcript.
-    prompt_text_token: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
-
-    @classmethod
-    def embedding_only(cls, embedding: np.ndarray) -> VoiceFeatures:
-        """A speaker known only by its embedding (CosyVoice1-style `spk2info` entries)."""
-        return cls(speech_token=np.zeros(0, dtype=np.int32), speech_feat=np.zeros((0, MEL_BINS), dtype=np.float32),
-                   embedding=np.asarray(embedding, dtype=np.float32).reshape(EMBEDDING_DIM))
-
-    @classmethod
-    def from_spk2info(cls, entry: dict[str, Any]) -> VoiceFeatures:
-        """Read an upstream `spk2info.pt` entry (sft-only or full zero-shot speaker)."""
-        embedding = entry.get("flow_embedding", entry.get("embedding"))
-        if embedding is None:
-            raise FrontendError("speaker entry has no embedding")
-        if "flow_prompt_speech_token" not in entry:
-            return cls.embedding_only(_numpy(embedding))
-        return cls(speech_token=_numpy(entry["flow_prompt_speech_token"]).astype(np.int32).reshape(-1),
-                   speech_feat=_numpy(entry["prompt_speech_feat"]).astype(np.float32).reshape(-1, MEL_BINS),
-                   embedding=_numpy(embedding).astype(np.float32).reshape(EMBEDDING_DIM),
-                   prompt_text_token=_numpy(entry.get("prompt_text", torch.zeros(0))).astype(np.int32).reshape(-1))
-
-    def to_spk2info(self) -> dict[str, torch.Tensor]:
-        """The upstream `spk2info.pt` entry for this voice (usable in sft, zero-shot and instruct)."""
-        tokens = torch.from_numpy(self.speech_token).reshape(1, -1)
-        feat = torch.from_numpy(self.speech_feat).unsqueeze(0)
-        text = torch.from_numpy(self.prompt_text_token).reshape(1, -1)
-        embedding = torch.from_numpy(self.embedding).reshape(1, -1)
-        return {"prompt_text": text, "prompt_text_len": torch.tensor([text.shape[1]], dtype=torch.int32),
-                "llm_prompt_speech_token": tokens, "llm_prompt_speech_token_len": torch.tensor([tokens.shape[1]]),
-                "flow_prompt_speech_token": tokens, "flow_prompt_speech_token_len": torch.tensor([tokens.shape[1]]),
-                "prompt_speech_feat": feat, "prompt_speech_feat_len": torch.tensor([feat.shape[1]]),
-                "llm_embedding": embedding, "flow_embedding": embedding, "embedding": embedding}
-
-    @property
-    def has_prompt_speech(self) -> bool:
-        return self.speech_token.size > 0
+def voice_to_spk2info(voice: VoiceFeatures) -> dict[str, torch.Tensor]:
+    """The upstream `spk2info.pt` entry for a voice (usable in sft, zero-shot and instruct)."""
+    tokens = torch.from_numpy(voice.speech_token).reshape(1, -1)
+    feat = torch.from_numpy(voice.speech_feat).unsqueeze(0)
+    text = torch.from_numpy(voice.prompt_text_token).reshape(1, -1)
+    embedding = torch.from_numpy(voice.embedding).reshape(1, -1)
+    return {"prompt_text": text, "prompt_text_len": torch.tensor([text.shape[1]], dtype=torch.int32),
+            "llm_prompt_speech_token": tokens, "llm_prompt_speech_token_len": torch.tensor([tokens.shape[1]]),
+            "flow_prompt_speech_token": tokens, "flow_prompt_speech_token_len": torch.tensor([tokens.shape[1]]),
+            "prompt_speech_feat": feat, "prompt_speech_feat_len": torch.tensor([feat.shape[1]]),
+            "llm_embedding": embedding, "flow_embedding": embedding, "embedding": embedding}
 
 
 def _numpy(value: Any) -> np.ndarray:

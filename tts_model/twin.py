@@ -20,8 +20,9 @@ from typing import Literal
 import numpy as np
 import torch
 
+from tts_core.wire import EMBEDDING_DIM, MEL_BINS
 from tts_model import matcha_compat  # noqa: F401
-from tts_model.frontend import EMBEDDING_DIM, MEL_BINS, PROMPT_SAMPLE_RATE, TextFrontend, VoiceFeatureExtractor
+from tts_model.frontend import PROMPT_SAMPLE_RATE, TextFrontend, VoiceFeatureExtractor, voice_to_spk2info
 from tts_model.loader import (
     CONFIG_NAME,
     QWEN_DIR_NAME,
@@ -216,7 +217,7 @@ def _write_pretrained_speakers(out: Path, seed: int) -> None:
         [normalized] = text_frontend.normalize(prompt_text, split=False)
         features = extractor.extract(speech, text_frontend.tokenize(normalized))
         assert features.speech_feat.shape[1] == MEL_BINS
-        speakers[speaker_id] = features.to_spk2info()
+        speakers[speaker_id] = voice_to_spk2info(features)
     torch.save(speakers, out / SPK2INFO_NAME)
 
 

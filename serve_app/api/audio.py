@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 from fastapi.responses import Response
 
 from serve_app.api.deps import State
 from serve_app.api.errors import ApiError
-from serve_app.audio_io import MEDIA_TYPES
-from serve_app.storage import safe_name
+from tts_core.audio import MEDIA_TYPES
+from tts_core.storage.blobs import safe_name
 
 router = APIRouter(prefix="/api/v1/audio", tags=["audio"])
 
@@ -20,7 +22,7 @@ async def download(filename: str, state: State) -> Response:
     extension = filename.rsplit(".", 1)[-1]
     try:
         safe_name(filename)
-        data = state.outputs.get(filename)
+        data = await asyncio.to_thread(state.outputs.get, filename)
     except (ValueError, KeyError):
         raise not_found from None
     if extension not in MEDIA_TYPES:

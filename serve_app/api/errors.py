@@ -16,6 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tts_core.voices import VoiceExistsError, VoiceNotFoundError
+
 logger = logging.getLogger("ray.serve")
 
 #: The code used for routing errors Starlette raises itself.
@@ -35,7 +37,11 @@ class ApiError(Exception):
 
 
 def voice_not_found(voice_id: str) -> ApiError:
-    return ApiError(404, "voice_not_found", f"Voice with ID '{voice_id}' not found")
+    return ApiError(404, "voice_not_found", VoiceNotFoundError(voice_id).message)
+
+
+def voice_exists(voice_id: str) -> ApiError:
+    return ApiError(409, "voice_already_exists", VoiceExistsError(voice_id).message)
 
 
 def invalid_request(message: str) -> ApiError:

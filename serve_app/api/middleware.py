@@ -7,8 +7,9 @@ import re
 from typing import Any
 
 from deployments.metrics import metric
+from tts_core.modes import SynthesisMode
 
-SYNTHESIS_PATH = re.compile(r"^/api/v1/(?:async/)?synthesize/(sft|zero-shot|cross-lingual|instruct)/?$")
+SYNTHESIS_PATH = re.compile(rf"^/api/v1/(?:async/)?synthesize/({'|'.join(mode.path for mode in SynthesisMode)})/?$")
 
 
 def outcome(status: int) -> str:

@@ -1,20 +1,17 @@
-"""Request and response schemas of the API (the contract's §2-§6), one description per field."""
+"""Request and response schemas of the API, one description per field."""
 
 from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-VOICE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-MAX_TEXT_CHARS = 1000
+from tts_core.limits import MAX_TEXT_CHARS
+from tts_core.modes import SynthesisMode
+from tts_core.tasks import TaskState
 
-
-class VoiceType(StrEnum):
-    sft = "sft"
-    zero_shot = "zero_shot"
-    cross_lingual = "cross_lingual"
-    instruct = "instruct"
+#: A voice's type is the mode it is registered for.
+VoiceType = SynthesisMode
 
 
 class AudioFormat(StrEnum):
@@ -80,11 +77,8 @@ class VoiceDeleted(BaseModel):
     voice_id: str = Field(description="The deleted id, free again.")
 
 
-class VoiceTypeCounts(BaseModel):
-    sft: int = Field(0, description="Voices registered as sft.")
-    zero_shot: int = Field(0, description="Voices registered as zero_shot.")
-    cross_lingual: int = Field(0, description="Voices registered as cross_lingual.")
-    instruct: int = Field(0, description="Voices registered as instruct.")
+VoiceTypeCounts = create_model("VoiceTypeCounts", **{
+    mode.value: (int, Field(0, description=f"Voices registered as {mode.value}.")) for mode in SynthesisMode})
 
 
 class VoiceStats(BaseModel):
@@ -104,7 +98,8 @@ class PretrainedVoices(BaseModel):
 # --- synthesis --------------------------------------------------------------------------------
 
 class SynthesisOptions(BaseModel):
-    text: str = Field(max_length=MAX_TEXT_CHARS, description="Text to speak (at most 1000 chars, not blank).")
+    text: str = Field(max_length=MAX_TEXT_CHARS,
+                      description=f"Text to speak (at most {MAX_TEXT_CHARS} chars, not blank).")
     speed: float = Field(1.0, ge=0.5, le=2.0, description="Speaking rate, 0.5-2.0.")
     format: AudioFormat = Field(AudioFormat.wav, description="Output format (streaming supports wav only).")
     stream: bool = Field(False, description="Stream chunked audio/wav as it is produced instead of JSON.")
@@ -132,14 +127,6 @@ class SynthesisResult(BaseModel):
 
 
 # --- async tasks ------------------------------------------------------------------------------
-
-class TaskState(StrEnum):
-    pending = "pending"
-    processing = "processing"
-    completed = "completed"
-    failed = "failed"
-    cancelled = "cancelled"
-
 
 class TaskSubmitted(BaseModel):
     task_id: str = Field(description="Opaque, URL-safe id of the task.")

@@ -1,4 +1,4 @@
-"""Synchronous synthesis routes (§4 of the contract): JSON for sft/instruct, forms for the others."""
+"""Synchronous synthesis routes: JSON for sft/instruct, forms for the others."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from fastapi.responses import StreamingResponse
 
 from serve_app.api.deps import Synthesis
 from serve_app.api.errors import invalid_request
-from serve_app.api.protocol import MAX_TEXT_CHARS, AudioFormat, InstructRequest, SftRequest, SynthesisResult
+from serve_app.api.protocol import AudioFormat, InstructRequest, SftRequest, SynthesisResult
 from serve_app.serving.synthesis import SynthesisService
-from tts_model.frontend import MAX_PROMPT_SECONDS
-from tts_model.modes import SynthesisMode
+from tts_core.limits import MAX_PROMPT_SECONDS, MAX_TEXT_CHARS
+from tts_core.modes import SynthesisMode
 
 router = APIRouter(prefix="/api/v1/synthesize", tags=["synthesis"])
 
@@ -32,7 +32,7 @@ PromptTextForm = Annotated[str | None, Form(max_length=500, description="Transcr
 
 
 async def reject_blank_form_text(request: Request) -> None:
-    """Blank `text` is a 400 (§4), but FastAPI reads an empty form field as a missing one (a 422):
+    """Blank `text` is a 400, but FastAPI reads an empty form field as a missing one (a 422):
     look at the raw form (already parsed and cached by then) before the fields are validated."""
     text = (await request.form()).get("text")
     if isinstance(text, str) and not text.strip():

@@ -1,4 +1,4 @@
-"""Asynchronous synthesis routes (§6 of the contract): submit, status, result, cancel, list.
+"""Asynchronous synthesis routes: submit, status, result, cancel, list.
 
 Submissions take the same bodies and pass the same checks as their sync twins, before a task
 is accepted; `stream` is ignored.
@@ -33,7 +33,7 @@ from serve_app.api.synthesis import (
     Text,
     VoiceId,
 )
-from tts_model.modes import SynthesisMode
+from tts_core.modes import SynthesisMode
 
 router = APIRouter(prefix="/api/v1/async", tags=["async tasks"])
 ACCEPTED = {"status_code": 202, "response_model": TaskSubmitted}

@@ -1,4 +1,4 @@
-"""Voice registry routes (§3 of the contract)."""
+"""Voice registry routes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 
 from serve_app.api.deps import Voices
 from serve_app.api.protocol import (
-    VOICE_ID_PATTERN,
     AudioFormat,
     PretrainedVoices,
     Voice,
@@ -18,6 +17,7 @@ from serve_app.api.protocol import (
     VoiceType,
     VoiceUpdate,
 )
+from tts_core.limits import VOICE_ID_PATTERN
 
 router = APIRouter(prefix="/api/v1/voices", tags=["voices"])
 

@@ -14,8 +14,8 @@ from serve_app.api.protocol import Health
 from serve_app.serving.synthesis import SynthesisService
 from serve_app.serving.tasks import TaskService
 from serve_app.serving.voices import VoiceService
-from serve_app.settings import Settings
-from serve_app.storage import BlobStore
+from tts_core.settings import Settings
+from tts_core.storage.blobs import BlobStore
 
 logger = logging.getLogger("ray.serve")
 
@@ -29,7 +29,7 @@ class ServiceState:
     def __init__(self, settings: Settings, frontend: Any, pipeline: Any, store: Any, manager: Any,
                  model_info: dict[str, Any], pretrained: dict[str, Any]):
         self.settings, self.frontend, self.pipeline, self.store = settings, frontend, pipeline, store
-        self.tasks = TaskService(manager)
+        self.tasks = TaskService(manager, model_info["sample_rate"])
         self.model_info = model_info
         self.outputs = BlobStore(settings.output_store_uri)
         self.voices = VoiceService(store, frontend, pretrained)
@@ -40,7 +40,8 @@ class ServiceState:
         model_info, pretrained = await asyncio.gather(frontend.model_info.remote(),
                                                       frontend.pretrained_voices.remote())
         store = await voice_store_actor(settings.voice_store_uri, settings.app_name)
-        manager = await task_manager_actor(settings)
+        manager = task_manager_actor(settings)
+        await manager.ready.remote()
         return cls(settings, frontend, pipeline, store, manager, model_info, pretrained)
 
     async def _ping(self, name: str, call: Any) -> bool:

@@ -10,14 +10,14 @@ from typing import Any
 
 from fastapi import UploadFile
 
-from deployments.pipeline import SynthesisJob
 from serve_app.api.errors import ApiError, invalid_request
-from serve_app.audio_io import AudioError, pcm16_bytes, soundfile_container, streaming_wav_header
-from serve_app.rendering import render_to_store
 from serve_app.serving.voices import VoiceService
-from serve_app.storage import BlobStore
-from tts_model.frontend import FrontendError
-from tts_model.modes import SynthesisMode
+from tts_core.audio import AudioError, pcm16_bytes, soundfile_container, streaming_wav_header
+from tts_core.modes import SynthesisMode
+from tts_core.rendering import render_to_store
+from tts_core.storage.blobs import BlobStore
+from tts_core.tasks import RenderedAudio
+from tts_core.wire import FrontendError, SynthesisJob
 
 logger = logging.getLogger("ray.serve")
 
@@ -36,6 +36,17 @@ def synthesis_failed(exc: BaseException) -> ApiError:
         return invalid_request(str(exc))
     logger.error("synthesis failed: %r", exc)
     return ApiError(500, "synthesis_error", f"Synthesis failed: {type(exc).__name__}")
+
+
+def audio_url(file_name: str) -> str:
+    return f"/api/v1/audio/{file_name}"
+
+
+def result_body(mode: SynthesisMode, rendered: RenderedAudio) -> dict[str, Any]:
+    """The API's synthesis result for a stored file."""
+    return {"success": True, "message": f"{SynthesisMode(mode).label} synthesis completed successfully",
+            "audio_url": audio_url(rendered.file_name), "duration": rendered.duration, "format": rendered.format,
+            "synthesis_time": rendered.synthesis_time, "sample_rate": rendered.sample_rate}
 
 
 class SynthesisService:
@@ -71,11 +82,10 @@ class SynthesisService:
     async def to_file(self, job: SynthesisJob, fmt: str) -> dict[str, Any]:
         try:
             chunks = self.pipeline.options(stream=True).synthesize.remote(job)
-            return await render_to_store(chunks, job.mode, fmt, self.outputs, self.sample_rate)
-        except ApiError:
-            raise
+            rendered = await render_to_store(chunks, fmt, self.outputs, self.sample_rate)
         except Exception as exc:
             raise synthesis_failed(exc) from exc
+        return result_body(job.mode, rendered)
 
     async def stream_wav(self, job: SynthesisJob) -> AsyncIterator[bytes]:
         """A WAV header of unknown length, then PCM as each chunk leaves the vocoder.

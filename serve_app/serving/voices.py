@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import UploadFile
 
-from deployments.voice_store import VoiceExistsError, VoiceNotFoundError
-from serve_app.api.errors import ApiError, invalid_request, voice_not_found
-from serve_app.audio_io import MAX_UPLOAD_BYTES, AudioError, DecodedAudio, decode_audio, read_limited
-from tts_model.frontend import FrontendError, VoiceFeatures
+from serve_app.api.errors import ApiError, invalid_request, voice_exists, voice_not_found
+from serve_app.serving.uploads import read_limited
+from tts_core.audio import AudioError, DecodedAudio, decode_audio
+from tts_core.voices import VoiceExistsError, VoiceNotFoundError
+from tts_core.wire import FrontendError, VoiceFeatures
 
 
 def audio_error(exc: AudioError | FrontendError) -> ApiError:
@@ -25,8 +27,8 @@ class VoiceService:
     async def decode_upload(self, upload: UploadFile) -> tuple[bytes, DecodedAudio]:
         """Read (bounded) and decode an uploaded sample by its content."""
         try:
-            data = await read_limited(upload, MAX_UPLOAD_BYTES)
-            return data, decode_audio(data)
+            data = await read_limited(upload)
+            return data, await asyncio.to_thread(decode_audio, data)
         except AudioError as exc:
             raise audio_error(exc) from exc
 
@@ -43,7 +45,7 @@ class VoiceService:
     async def create(self, meta: dict[str, Any], upload: UploadFile) -> dict[str, Any]:
         voice_id = meta["voice_id"]
         if voice_id in self.pretrained or await self.store.exists.remote(voice_id):
-            raise self.exists(voice_id)
+            raise voice_exists(voice_id)
         if meta["voice_type"] == "zero_shot" and not (meta.get("prompt_text") or "").strip():
             raise invalid_request("prompt_text is required for a zero_shot voice")
         data, audio = await self.decode_upload(upload)
@@ -52,11 +54,7 @@ class VoiceService:
         try:
             return await self.store.create.remote(record, features, data, audio.format)
         except VoiceExistsError as exc:  # a concurrent registration of the same id won
-            raise self.exists(voice_id) from exc
-
-    @staticmethod
-    def exists(voice_id: str) -> ApiError:
-        return ApiError(409, "voice_already_exists", f"Voice with ID '{voice_id}' already exists")
+            raise voice_exists(voice_id) from exc
 
     async def get(self, voice_id: str) -> dict[str, Any]:
         try:

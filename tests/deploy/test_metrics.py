@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import soundfile as sf
 
-from deployments.metrics import METRICS
+from tts_core.metrics import METRICS
 
 
 def sample_wav() -> bytes:

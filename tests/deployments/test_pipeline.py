@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from deployments.pipeline import SynthesisJob
 from tests.reference import upstream_frontend, upstream_tts
-from tts_model.frontend import FrontendError, TextFrontend, VoiceFeatures
-from tts_model.modes import SynthesisMode
+from tts_core.modes import SynthesisMode
+from tts_core.wire import FrontendError, SynthesisJob
+from tts_model.frontend import TextFrontend, voice_from_spk2info
 from tts_model.twin import _synthetic_prompt
 
 PROMPT_TEXT = "Hello, this is a sample of my voice."
@@ -64,7 +64,7 @@ def reference_input(tiny_model, reference, mode: SynthesisMode, text: str, promp
 def test_audio_equals_upstream(mode, stream, tiny_model, reference, pipeline_handle, frontend_handle,
                                prompt_16k) -> None:
     if mode is SynthesisMode.SFT:
-        voice = VoiceFeatures.from_spk2info(tiny_model.spk2info["pretrained_voice_001"])
+        voice = voice_from_spk2info(tiny_model.spk2info["pretrained_voice_001"])
     else:
         voice = frontend_handle.extract_voice.remote(prompt_16k, 16000, PROMPT_TEXT).result()
     job = SynthesisJob(mode=mode, text=TEXT, voice=voice, instruct_text=INSTRUCTION, stream=stream, seed=11)
@@ -79,7 +79,7 @@ def test_audio_equals_upstream(mode, stream, tiny_model, reference, pipeline_han
 
 
 def test_speed_changes_duration_as_upstream(tiny_model, reference, pipeline_handle, prompt_16k) -> None:
-    voice = VoiceFeatures.from_spk2info(tiny_model.spk2info["pretrained_voice_001"])
+    voice = voice_from_spk2info(tiny_model.spk2info["pretrained_voice_001"])
     normal = collect(pipeline_handle, SynthesisJob(SynthesisMode.SFT, TEXT, voice, seed=3))
     fast = collect(pipeline_handle, SynthesisJob(SynthesisMode.SFT, TEXT, voice, speed=2.0, seed=3))
     expected = upstream_tts(tiny_model, reference_input(tiny_model, reference, SynthesisMode.SFT, TEXT, prompt_16k),
@@ -89,7 +89,7 @@ def test_speed_changes_duration_as_upstream(tiny_model, reference, pipeline_hand
 
 
 def test_same_seed_same_audio_other_seed_other_audio(tiny_model, pipeline_handle) -> None:
-    voice = VoiceFeatures.from_spk2info(tiny_model.spk2info["pretrained_voice_002"])
+    voice = voice_from_spk2info(tiny_model.spk2info["pretrained_voice_002"])
     runs = [collect(pipeline_handle, SynthesisJob(SynthesisMode.ZERO_SHOT, TEXT, voice, seed=seed))[0].pcm
             for seed in (1, 1, 2)]
     assert np.array_equal(runs[0], runs[1])
@@ -98,7 +98,7 @@ def test_same_seed_same_audio_other_seed_other_audio(tiny_model, pipeline_handle
 
 def test_concurrent_streams_get_what_each_gets_alone(tiny_model, pipeline_handle) -> None:
     """Concurrent requests share LLM steps and flow and vocoder batches; none hears the others."""
-    voices = [VoiceFeatures.from_spk2info(tiny_model.spk2info[name])
+    voices = [voice_from_spk2info(tiny_model.spk2info[name])
               for name in ("pretrained_voice_001", "pretrained_voice_002")]
     jobs = [SynthesisJob(SynthesisMode.ZERO_SHOT, TEXT if index % 3 else TEXT[:40], voices[index % 2],
                          stream=index % 2 == 0, seed=20 + index) for index in range(6)]
@@ -117,7 +117,7 @@ def test_concurrent_streams_get_what_each_gets_alone(tiny_model, pipeline_handle
 
 
 def test_first_chunk_arrives_before_the_llm_finishes(tiny_model, pipeline_handle) -> None:
-    voice = VoiceFeatures.from_spk2info(tiny_model.spk2info["pretrained_voice_002"])
+    voice = voice_from_spk2info(tiny_model.spk2info["pretrained_voice_002"])
     long_text = " ".join([TEXT] * 2)
     job = SynthesisJob(SynthesisMode.ZERO_SHOT, long_text, voice, stream=True, seed=4)
 
@@ -147,7 +147,7 @@ def test_long_text_is_split_and_every_segment_spoken(tiny_model, pipeline_handle
     segments = frontend_handle.text_segments.remote(text).result()
     assert len(segments) > 1
     assert sum(map(len, segments)) >= 12 * len(TextFrontend(tiny_model.tokenizer).tokenize(sentence.strip())) - 12
-    voice = VoiceFeatures.from_spk2info(tiny_model.spk2info["pretrained_voice_001"])
+    voice = voice_from_spk2info(tiny_model.spk2info["pretrained_voice_001"])
     chunks = collect(pipeline_handle, SynthesisJob(SynthesisMode.SFT, text, voice, seed=0))
     spoken = {chunk.segment for chunk in chunks if chunk.segment_done}
     assert spoken == set(range(len(segments)))

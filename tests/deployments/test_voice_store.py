@@ -13,8 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from deployments.voice_store import VoiceExistsError, VoiceNotFoundError, VoiceStore
-from tts_model.frontend import VoiceFeatures
+from deployments.voice_store import VoiceStore
+from tts_core.voices import VoiceExistsError, VoiceNotFoundError
+from tts_core.wire import VoiceFeatures
 
 VOICE_KEYS = {"voice_id", "name", "description", "voice_type", "language", "prompt_text", "audio_format",
               "created_at", "updated_at", "file_size", "duration", "sample_rate", "is_active"}

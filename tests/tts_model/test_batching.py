@@ -7,18 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from tts_model.frontend import TextFrontend, VoiceFeatures
-from tts_model.llm_decode import SpeechTokenDecoder, SpeechTokenRequest
-from tts_model.token2wav import (
-    SOURCE_CACHE_LEN,
-    FlowPrompt,
-    FlowRequest,
-    VocodeRequest,
-    flow_mel_batch,
-    padding_groups,
-    vocode,
-    vocode_batch,
-)
+from tts_core.wire import FlowPrompt, SpeechTokenRequest
+from tts_model.flow_decode import FlowRequest, flow_mel_batch, padding_groups
+from tts_model.frontend import TextFrontend, voice_from_spk2info
+from tts_model.llm_decode import SpeechTokenDecoder
+from tts_model.vocode import SOURCE_CACHE_LEN, VocodeRequest, vocode, vocode_batch
 
 TEXTS = ["Hello, how are you today?", "This is a much longer sentence that the model will need to speak aloud.",
          "Short one.", "Another sentence of medium length here, please."]
@@ -26,7 +19,7 @@ TEXTS = ["Hello, how are you today?", "This is a much longer sentence that the m
 
 def requests(tiny_model) -> list[SpeechTokenRequest]:
     frontend = TextFrontend(tiny_model.tokenizer)
-    voice = VoiceFeatures.from_spk2info(tiny_model.spk2info["pretrained_voice_002"])
+    voice = voice_from_spk2info(tiny_model.spk2info["pretrained_voice_002"])
     prompts = [([], []), (voice.prompt_text_token.tolist(), voice.speech_token.tolist())]
     return [SpeechTokenRequest(text_token=frontend.tokenize(text), prompt_text_token=prompts[index % 2][0],
                                prompt_speech_token=prompts[index % 2][1], seed=index)
@@ -58,7 +51,7 @@ def test_batched_decoding_equals_one_sequence_at_a_time(tiny_model) -> None:
 
 
 def flow_prompts(tiny_model) -> list[FlowPrompt]:
-    voice = VoiceFeatures.from_spk2info(tiny_model.spk2info["pretrained_voice_002"])
+    voice = voice_from_spk2info(tiny_model.spk2info["pretrained_voice_002"])
     return [FlowPrompt(voice.speech_token, voice.speech_feat, voice.embedding),
             FlowPrompt(np.zeros(0, np.int32), np.zeros((0, 80), np.float32), voice.embedding)]
 

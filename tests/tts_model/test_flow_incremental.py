@@ -8,16 +8,18 @@ import numpy as np
 import pytest
 import torch
 
+from tts_core.wire import FlowPrompt
+from tts_model.chunk_schedule import StreamPlanner
+from tts_model.flow_decode import flow_mel
 from tts_model.flow_incremental import FlowStreamCache, flow_mel_incremental
-from tts_model.frontend import VoiceFeatures
-from tts_model.token2wav import FlowPrompt, StreamPlanner, flow_mel
+from tts_model.frontend import voice_from_spk2info
 
 CHUNKS = 5
 TOLERANCE = 1e-4
 
 
 def voice_prompt(tiny_model) -> FlowPrompt:
-    voice = VoiceFeatures.from_spk2info(tiny_model.spk2info["pretrained_voice_002"])
+    voice = voice_from_spk2info(tiny_model.spk2info["pretrained_voice_002"])
     return FlowPrompt(voice.speech_token, voice.speech_feat, voice.embedding)
 
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tts_model.frontend import TextFrontend, VoiceFeatures
-from tts_model.llm_decode import SpeechTokenDecoder, SpeechTokenRequest
-from tts_model.token2wav import FlowPrompt, flow_mel, vocode
+from tts_core.wire import FlowPrompt, SpeechTokenRequest
+from tts_model.flow_decode import flow_mel
+from tts_model.frontend import TextFrontend, voice_from_spk2info
+from tts_model.llm_decode import SpeechTokenDecoder
+from tts_model.vocode import vocode
 
 
 def test_text_to_waveform(tiny_model) -> None:
     frontend = TextFrontend(tiny_model.tokenizer)
-    voice = VoiceFeatures.from_spk2info(tiny_model.spk2info["pretrained_voice_001"])
+    voice = voice_from_spk2info(tiny_model.spk2info["pretrained_voice_001"])
     [segment] = frontend.normalize("Hello, how are you today?")
     decoder = SpeechTokenDecoder(tiny_model.llm, tiny_model.sampling_params)
     state = decoder.start(SpeechTokenRequest(text_token=frontend.tokenize(segment), seed=1))
@@ -34,7 +36,7 @@ def test_text_to_waveform(tiny_model) -> None:
 def test_decoder_matches_upstream_inference(tiny_model) -> None:
     """Same inputs and seed: the step decoder yields exactly `Qwen2LM.inference`'s tokens."""
     frontend = TextFrontend(tiny_model.tokenizer)
-    voice = VoiceFeatures.from_spk2info(tiny_model.spk2info["pretrained_voice_002"])
+    voice = voice_from_spk2info(tiny_model.spk2info["pretrained_voice_002"])
     text = frontend.tokenize("Hello! This is a test of voice cloning.")
     prompt_text, prompt_speech = voice.prompt_text_token.tolist(), voice.speech_token.tolist()
     decoder = SpeechTokenDecoder(tiny_model.llm, tiny_model.sampling_params)

@@ -13,26 +13,28 @@ from typing import Any
 
 import numpy as np
 
-from serve_app.bench.workload import BenchRequest, RequestResult
+from benchmarks.workload import BenchRequest, RequestResult
 
 
 class InProcessPipeline:
     """The service's whole-mode sft path as plain function calls: no HTTP, no Ray."""
 
     def __init__(self, model: Any, voice_id: str):
-        from tts_model.frontend import TextFrontend, VoiceFeatures
+        from tts_core.modes import SynthesisMode, mode_inputs
+        from tts_model.frontend import TextFrontend, voice_from_spk2info
         from tts_model.llm_decode import SpeechTokenDecoder
-        from tts_model.modes import SynthesisMode, mode_inputs
 
         self.model = model
         self.frontend = TextFrontend(model.tokenizer)
         self.decoder = SpeechTokenDecoder(model.llm, model.sampling_params)
-        self.inputs = mode_inputs(SynthesisMode.SFT, VoiceFeatures.from_spk2info(model.spk2info[voice_id]))
+        self.inputs = mode_inputs(SynthesisMode.SFT, voice_from_spk2info(model.spk2info[voice_id]))
 
     def request(self, request: BenchRequest) -> RequestResult:
-        from serve_app.audio_io import encode_audio
-        from tts_model.llm_decode import SpeechTokenRequest
-        from tts_model.token2wav import chunk_seed, flow_mel, segment_seed, vocode
+        from tts_core.audio import encode_audio
+        from tts_core.wire import SpeechTokenRequest
+        from tts_model.chunk_schedule import chunk_seed, segment_seed
+        from tts_model.flow_decode import flow_mel
+        from tts_model.vocode import vocode
 
         started = time.perf_counter()
         segments = [tokens for tokens in map(self.frontend.tokenize, self.frontend.normalize(request.text)) if tokens]

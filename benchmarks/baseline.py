@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from serve_app.bench.memory import RssSampler, own_process, pss_bytes
-from serve_app.bench.workload import BenchRequest, LevelRun, RequestResult, build_workload, warmup_request
+from benchmarks.memory import RssSampler, own_process, pss_bytes
+from benchmarks.workload import BenchRequest, LevelRun, RequestResult, build_workload, warmup_request
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class UpstreamServer:
         self.upstream.llm_job = llm_job
 
     def request(self, request: BenchRequest, stream: bool) -> RequestResult:
-        from tts_model.token2wav import segment_seed
+        from tts_model.chunk_schedule import segment_seed
 
         started = time.perf_counter()
         first: float | None = None

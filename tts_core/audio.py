@@ -1,7 +1,7 @@
-"""Audio in and out of the REST API: decoding uploads by content and encoding synthesis results.
+"""Audio in and out of the service: decoding uploads by content and encoding synthesis results.
 
 Uploads are identified by their bytes, never by their file name or declared content type, since
-clients routinely send MP3 named `.wav` and the seed's reference server did the reverse. libsndfile
+clients routinely send MP3 named `.wav` (and WAV named `.mp3`). libsndfile
 (through soundfile) handles WAV, FLAC, MP3 and Ogg directly; everything else (M4A/AAC above all) goes
 through FFmpeg, bundled with PyAV. Both paths decode incrementally and stop as soon as the audio is
 known to be too long, so a long or lying file never costs more than the limit in memory.
@@ -13,26 +13,20 @@ import io
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
 
 import av
 import numpy as np
 import soundfile as sf
 
-#: Prompt audio limits (API_SPEC §3): the speech tokenizer handles at most 30 s, and under half a
-#: second carries too little of the speaker to clone.
-MIN_SECONDS = 0.5
-MAX_SECONDS = 30.0
-MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+from tts_core.limits import MAX_PROMPT_SECONDS, MIN_PROMPT_SECONDS
 
-#: Content types of the formats the API produces (API_SPEC §5).
+#: Content types of the formats the service produces.
 MEDIA_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac"}
 
 #: Sample rates outside this range are a corrupt or hostile header, not speech.
 _MIN_SAMPLE_RATE = 4000
 _MAX_SAMPLE_RATE = 384000
 _READ_BLOCK_FRAMES = 65536
-_UPLOAD_CHUNK_BYTES = 1024 * 1024
 #: soundfile's container names -> the names the API reports.
 _SOUNDFILE_FORMATS = {"WAV": "wav", "WAVEX": "wav", "RF64": "wav", "FLAC": "flac", "MP3": "mp3", "OGG": "ogg"}
 #: FFmpeg demuxer names (first alias) -> the names the API reports.
@@ -68,13 +62,8 @@ class DecodedAudio:
         return len(self.samples) / self.sample_rate
 
 
-class _Upload(Protocol):
-    """What `read_limited` needs of Starlette's `UploadFile`."""
-
-    async def read(self, size: int = -1) -> bytes: ...
-
-
-def decode_audio(data: bytes, min_seconds: float = MIN_SECONDS, max_seconds: float = MAX_SECONDS) -> DecodedAudio:
+def decode_audio(data: bytes, min_seconds: float = MIN_PROMPT_SECONDS,
+                 max_seconds: float = MAX_PROMPT_SECONDS) -> DecodedAudio:
     """Decode audio bytes of any supported container to mono float32, enforcing the duration limits.
 
     Raises AudioError("invalid_audio") for empty or undecodable bytes, and for audio with no samples,
@@ -234,15 +223,3 @@ def encode_audio(samples: np.ndarray, sample_rate: int, fmt: str) -> bytes:
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise AudioError("unsupported_format", f"Cannot encode {fmt} at {sample_rate} Hz: {exc}") from exc
     return buffer.getvalue()
-
-
-async def read_limited(upload: _Upload, max_bytes: int = MAX_UPLOAD_BYTES) -> bytes:
-    """Read an uploaded file, giving up as soon as it passes `max_bytes` rather than buffering it all."""
-    parts: list[bytes] = []
-    total = 0
-    while chunk := await upload.read(_UPLOAD_CHUNK_BYTES):
-        total += len(chunk)
-        if total > max_bytes:
-            raise AudioError("invalid_audio", f"Audio file is larger than {max_bytes / (1024 * 1024):g} MB")
-        parts.append(chunk)
-    return b"".join(parts)

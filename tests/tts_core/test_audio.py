@@ -11,17 +11,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from serve_app.audio_io import (
-    MAX_UPLOAD_BYTES,
-    MEDIA_TYPES,
-    AudioError,
-    decode_audio,
-    encode_audio,
-    pcm16_bytes,
-    read_limited,
-    streaming_wav_header,
-)
+from serve_app.serving.uploads import read_limited
 from tests.audio_samples import m4a_bytes
+from tts_core.audio import MEDIA_TYPES, AudioError, decode_audio, encode_audio, pcm16_bytes, streaming_wav_header
+from tts_core.limits import MAX_UPLOAD_BYTES
 
 SR = 16000
 

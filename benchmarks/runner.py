@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from serve_app.bench.report import compose, format_table
-from serve_app.bench.workload import MODES, LevelRun, RequestResult, build_workload, warmup_request
+from benchmarks.report import compose, format_table
+from benchmarks.workload import MODES, LevelRun, RequestResult, build_workload, warmup_request
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class BenchOptions:
 
 
 def resolve_options(args: argparse.Namespace) -> BenchOptions:
-    from serve_app.settings import Settings
+    from tts_core.settings import Settings
     from tts_model.default_model import ensure_twin
 
     if args.requests is not None and args.requests < 1:
@@ -155,8 +155,8 @@ async def measure_overhead(base_url: str, options: BenchOptions, voice_id: str
     so that drift in the machine's speed falls on both sides alike."""
     import httpx
 
-    from serve_app.bench.inprocess import load_inprocess
-    from serve_app.bench.service import REQUEST_TIMEOUT, http_request
+    from benchmarks.inprocess import load_inprocess
+    from benchmarks.service import REQUEST_TIMEOUT, http_request
 
     pipeline = await asyncio.to_thread(load_inprocess, str(options.model_dir), options.dtype, voice_id,
                                        options.torch_threads)
@@ -179,8 +179,8 @@ async def drive_service(base_url: str, options: BenchOptions, processes: Any = N
     service's processes (None: not measurable)."""
     import httpx
 
-    from serve_app.bench.memory import RssSampler, pss_bytes
-    from serve_app.bench.service import REQUEST_TIMEOUT, http_request, pick_voice, run_level, wait_ready
+    from benchmarks.memory import RssSampler, pss_bytes
+    from benchmarks.service import REQUEST_TIMEOUT, http_request, pick_voice, run_level, wait_ready
 
     await wait_ready(base_url)
     voice_id = options.voice or await pick_voice(base_url)
@@ -209,7 +209,7 @@ async def drive_service(base_url: str, options: BenchOptions, processes: Any = N
 def run_service(options: BenchOptions) -> ServicePhase:
     if options.url:
         return asyncio.run(drive_service(options.url, options))
-    from serve_app.bench.service import LocalService
+    from benchmarks.service import LocalService
 
     with LocalService(options.model_dir, options.dtype, options.torch_threads) as service:
         return asyncio.run(drive_service(service.base_url, options, service.processes))
@@ -226,7 +226,7 @@ def _stderr_fd() -> int | None:
 def run_baseline(options: BenchOptions, voice_id: str) -> dict[str, Any]:
     """The baseline in a child process (see `serve_app.bench.baseline`): its levels, torch
     threads and memory."""
-    from serve_app.bench.baseline import BaselinePlan
+    from benchmarks.baseline import BaselinePlan
 
     plan = BaselinePlan(model_dir=str(options.model_dir), dtype=options.dtype, voice_id=voice_id,
                         levels=options.levels(), seed=options.seed)
@@ -244,8 +244,8 @@ def run_baseline(options: BenchOptions, voice_id: str) -> dict[str, Any]:
 
 def run_soak(options: BenchOptions, count: int) -> int:
     """The memory soak (see `serve_app.bench.soak`); 0 when every replica stayed within bounds."""
-    from serve_app.bench.service import LocalService, pick_voice, wait_ready
-    from serve_app.bench.soak import soak
+    from benchmarks.service import LocalService, pick_voice, wait_ready
+    from benchmarks.soak import soak
 
     async def drive(base_url: str, processes: Any) -> dict[str, Any]:
         await wait_ready(base_url)
@@ -269,7 +269,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.soak:
         return run_soak(options, args.soak)
     if args.chunk_cost:
-        from serve_app.bench.chunks import chunk_costs
+        from benchmarks.chunks import chunk_costs
 
         report = chunk_costs(str(options.model_dir), options.dtype, options.torch_threads)
         for row in report["chunks"]:

@@ -1,18 +1,17 @@
-"""CosyVoice2's four inference modes as data: what each gives the LLM and the flow decoder.
-
-This is upstream's `frontend_sft` / `frontend_zero_shot` / `frontend_cross_lingual` /
-`frontend_instruct2`, applied to a voice's precomputed features.
-"""
+"""CosyVoice2's four inference modes, defined once: their names, and what each gives the LLM and
+the flow decoder (upstream's `frontend_sft` / `frontend_zero_shot` / `frontend_cross_lingual` /
+`frontend_instruct2`, applied to a voice's precomputed features)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tts_model.frontend import VoiceFeatures
-from tts_model.token2wav import FlowPrompt
+if TYPE_CHECKING:
+    from tts_core.wire import FlowPrompt, VoiceFeatures
 
 
 class SynthesisMode(StrEnum):
@@ -20,6 +19,21 @@ class SynthesisMode(StrEnum):
     ZERO_SHOT = "zero_shot"
     CROSS_LINGUAL = "cross_lingual"
     INSTRUCT = "instruct"
+
+    @property
+    def label(self) -> str:
+        """How messages name the mode."""
+        return {"sft": "SFT", "zero_shot": "Zero-shot", "cross_lingual": "Cross-lingual",
+                "instruct": "Instruct"}[self.value]
+
+    @property
+    def path(self) -> str:
+        """The mode's segment in route paths (`zero-shot`)."""
+        return self.value.replace("_", "-")
+
+
+#: Voice types are the mode a voice is registered for (any voice works in every mode).
+VOICE_TYPES = tuple(mode.value for mode in SynthesisMode)
 
 
 @dataclass
@@ -40,6 +54,8 @@ def mode_inputs(mode: SynthesisMode, voice: VoiceFeatures, instruction_tokens: l
     - instruct (CosyVoice2's instruct2): `instruction<|endofprompt|>` as the LLM's prompt text,
       the voice's prompt speech to the flow only.
     """
+    from tts_core.wire import FlowPrompt, VoiceFeatures
+
     full = FlowPrompt(voice.speech_token, voice.speech_feat, voice.embedding)
     if mode is SynthesisMode.SFT:
         empty = VoiceFeatures.embedding_only(voice.embedding)

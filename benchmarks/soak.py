@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import psutil
 
-from serve_app.bench.service import REQUEST_TIMEOUT, http_request
-from serve_app.bench.workload import build_workload
+from benchmarks.service import REQUEST_TIMEOUT, http_request
+from benchmarks.workload import build_workload
 
 #: Growth allowed between the warm-up and the end (the issue's bound).
 MAX_GROWTH = 0.05

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from serve_app.bench.workload import LevelRun, RequestResult, ratio, summarize
+from benchmarks.workload import LevelRun, RequestResult, ratio, summarize
 
 #: The issue's target for HTTP + Ray overhead per request (tiny twin, concurrency 1).
 OVERHEAD_TARGET_MS = 15.0

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve_app.bench.report import compose, format_table, overhead
-from serve_app.bench.workload import SENTENCES, LevelRun, RequestResult, build_workload, percentile, summarize
+from benchmarks.report import compose, format_table, overhead
+from benchmarks.workload import SENTENCES, LevelRun, RequestResult, build_workload, percentile, summarize
 
 
 def test_workload_is_fixed_and_seeded() -> None:

@@ -8,12 +8,14 @@ resolved object is passed to every deployment, so all replicas agree on it.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tts_model.default_model import DEFAULT_CACHE_DIR
+#: Where the default twin is generated, once per machine.
+DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cosyvoice-serve"
 
 
 class Settings(BaseSettings):

@@ -15,8 +15,8 @@ from types import TracebackType
 import httpx
 import psutil
 
-from serve_app.bench.memory import descendants
-from serve_app.bench.workload import BenchRequest, RequestResult
+from benchmarks.memory import descendants
+from benchmarks.workload import BenchRequest, RequestResult
 
 logger = logging.getLogger(__name__)
 

@@ -17,14 +17,16 @@ import numpy as np
 def chunk_costs(model_dir: str, dtype: str, threads: int, chunks: int = 12, seed: int = 0) -> dict[str, Any]:
     import torch
 
+    from tts_core.wire import FlowPrompt
+    from tts_model.chunk_schedule import StreamPlanner
+    from tts_model.flow_decode import flow_mel
     from tts_model.flow_incremental import flow_mel_incremental
-    from tts_model.frontend import VoiceFeatures
+    from tts_model.frontend import voice_from_spk2info
     from tts_model.loader import load_model
-    from tts_model.token2wav import FlowPrompt, StreamPlanner, flow_mel
 
     torch.set_num_threads(threads)
     model = load_model(model_dir, parts=["flow", "frontend"], dtype=dtype)
-    voice = VoiceFeatures.from_spk2info(next(iter(model.spk2info.values())))
+    voice = voice_from_spk2info(next(iter(model.spk2info.values())))
     prompt = FlowPrompt(voice.speech_token, voice.speech_feat, voice.embedding)
     tokens = np.random.default_rng(seed).integers(0, 6561, 25 * (chunks + 4)).tolist()
     planner = StreamPlanner(len(voice.speech_token), stream=True)

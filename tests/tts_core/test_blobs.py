@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.storage import BlobStore, safe_name
+from tts_core.storage.blobs import BlobStore, safe_name
 
 
 @pytest.fixture

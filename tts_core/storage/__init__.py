@@ -1,0 +1,1 @@
+"""Persistence on any filesystem pyarrow knows: the blob store and the two record codecs."""

@@ -1,0 +1,101 @@
+"""Values that travel between processes: requests, voices and stream state, as numpy and plain
+lists (never torch tensors), so any process can receive them without loading the model stack."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tts_core.modes import SynthesisMode
+
+#: Dimensions CosyVoice2 fixes: speaker embedding (campplus) and mel bins.
+EMBEDDING_DIM = 192
+MEL_BINS = 80
+
+
+class FrontendError(ValueError):
+    """Input the front end cannot turn into model inputs (the API answers 400)."""
+
+
+@dataclass
+class VoiceFeatures:
+    """A voice's model features, computed once from its prompt audio."""
+
+    #: Speech tokens of the prompt audio (25 per second), int32.
+    speech_token: np.ndarray
+    #: 24 kHz log-mel of the prompt audio, [2 * len(speech_token), 80], float32.
+    speech_feat: np.ndarray
+    #: Speaker embedding (campplus), [192], float32.
+    embedding: np.ndarray
+    #: Tokens of the prompt transcript, normalised as upstream does; empty without a transcript.
+    prompt_text_token: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+
+    @classmethod
+    def embedding_only(cls, embedding: np.ndarray) -> VoiceFeatures:
+        """A speaker known only by its embedding (CosyVoice1-style `spk2info` entries)."""
+        return cls(speech_token=np.zeros(0, dtype=np.int32), speech_feat=np.zeros((0, MEL_BINS), dtype=np.float32),
+                   embedding=np.asarray(embedding, dtype=np.float32).reshape(EMBEDDING_DIM))
+
+
+@dataclass
+class SpeechTokenRequest:
+    """What the LLM needs for one text segment (all token ids, plain lists)."""
+
+    #: Qwen tokens of the text to speak.
+    text_token: list[int]
+    #: Qwen tokens of the prompt transcript (zero-shot) or `instruction<|endofprompt|>` (instruct).
+    prompt_text_token: list[int] = field(default_factory=list)
+    #: Speech tokens of the prompt audio (zero-shot only).
+    prompt_speech_token: list[int] = field(default_factory=list)
+    #: Seed of this segment's sampling; the same seed gives the same tokens.
+    seed: int = 0
+    sampling: int = 25
+    max_token_text_ratio: float = 20.0
+    min_token_text_ratio: float = 2.0
+
+
+@dataclass
+class FlowPrompt:
+    """The voice side of the flow decoder's input."""
+
+    #: Prompt speech tokens, int32 [N] (may be empty).
+    speech_token: np.ndarray
+    #: Prompt mel, float32 [2N, 80] (may be empty).
+    speech_feat: np.ndarray
+    #: Speaker embedding, float32 [192].
+    embedding: np.ndarray
+
+
+@dataclass
+class VocoderCache:
+    """HiFT state carried from one streamed chunk to the next."""
+
+    mel: np.ndarray  # [80, MEL_CACHE_LEN]
+    source: np.ndarray  # [1, SOURCE_CACHE_LEN]
+    speech: np.ndarray  # [SOURCE_CACHE_LEN]
+
+
+@dataclass
+class SynthesisJob:
+    """One synthesis request, with the voice already resolved to its features."""
+
+    mode: SynthesisMode
+    text: str
+    voice: VoiceFeatures
+    instruct_text: str | None = None
+    speed: float = 1.0
+    stream: bool = False
+    seed: int = 0
+
+
+@dataclass
+class SynthesisChunk:
+    """A piece of the output waveform and where the job stands."""
+
+    pcm: np.ndarray  # float32 mono at the model's sample rate
+    segment: int
+    segments: int
+    tokens: int  # speech tokens of this segment decoded so far
+    text_tokens: int  # text tokens of this segment
+    segment_done: bool
