@@ -20,4 +20,9 @@ pipeline's functions called in-process. The last line of stdout is one JSON obje
     cosyvoice-serve bench --quick                  # CI short mode: tiny twin, concurrency 1 and 2
     cosyvoice-serve bench                          # full run on the tiny twin
     cosyvoice-serve bench --size real --dtype bf16 # full run on the real-size twin, bf16 on CPU
+
+Two narrower commands share its model options (`benchmarks.options`):
+
+    cosyvoice-serve bench-soak --requests 500      # memory: each replica's RSS after 50 vs after 500 requests
+    cosyvoice-serve bench-chunk-cost --size real   # streamed flow cost per chunk, recomputed vs incremental
 """

@@ -8,7 +8,7 @@ turns each yielded chunk into 16-bit PCM as the server's `generate_data` does. N
 involved: the baseline is upstream's server minus its transport, which favours it.
 
 A child process gives the baseline a clean process of its own, as a standalone upstream server
-would have, so its memory is its own. Run as `python -m serve_app.bench.baseline PLAN.json RESULT.json`.
+would have, so its memory is its own. Run as `python -m benchmarks.baseline PLAN.json RESULT.json`.
 """
 
 from __future__ import annotations

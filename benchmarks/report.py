@@ -7,7 +7,7 @@ from typing import Any
 
 from benchmarks.workload import LevelRun, RequestResult, ratio, summarize
 
-#: The issue's target for HTTP + Ray overhead per request (tiny twin, concurrency 1).
+#: What HTTP + Ray may add per request (tiny twin, concurrency 1), shown next to the measured figure.
 OVERHEAD_TARGET_MS = 15.0
 
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.options import ModelOptions, add_common_arguments, model_options, positive_int
 from benchmarks.report import compose, format_table
 from benchmarks.workload import MODES, LevelRun, RequestResult, build_workload, warmup_request
 
@@ -56,45 +57,24 @@ def _modes(text: str) -> tuple[str, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-dir", help="CosyVoice2 model directory (default: the cached random-weight twin "
-                                            "of --size, generated on first use)")
-    parser.add_argument("--size", choices=["tiny", "real"], default="tiny",
-                        help="which twin to use when --model-dir is not given (real: ~2 GB, generated once)")
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
-                        help="precision of the LLM and flow decoder, on both sides")
-    parser.add_argument("--torch-threads", type=int, default=None,
-                        help="torch threads per model replica of the started service, and of the in-process path "
-                             "(default: the service's setting, COSYVOICE_TORCH_THREADS or 1); the baseline keeps "
-                             "torch's default, as upstream's server does")
+    add_common_arguments(parser)
     parser.add_argument("--concurrency", type=_int_list, default=None,
                         help="comma-separated concurrency levels (default 1,4,8,16; --quick: 1,2)")
-    parser.add_argument("--requests", type=int, default=None,
+    parser.add_argument("--requests", type=positive_int, default=None,
                         help=f"requests per level and mode (default max(2 x concurrency, {MIN_REQUESTS}); "
                              "--quick: 2 x concurrency)")
     parser.add_argument("--modes", type=_modes, default=MODES, help="comma-separated: stream,whole (default both)")
     parser.add_argument("--url", help="benchmark the service already running at this base URL instead of starting "
                                       "one (its memory is then not measured; give the --model-dir it serves)")
-    parser.add_argument("--voice", help="voice id to speak with (default: pretrained_voice_001, else the first "
-                                        "pretrained voice the service lists)")
-    parser.add_argument("--seed", type=int, default=0, help="request i uses seed SEED + i")
     parser.add_argument("--no-baseline", action="store_true", help="skip the upstream baseline (service figures "
                                                                    "and overhead only)")
     parser.add_argument("--quick", action="store_true",
                         help="CI short mode: tiny twin, concurrency 1 and 2, few requests, both modes")
     parser.add_argument("--output", help="also write the JSON report to this file")
-    parser.add_argument("--soak", type=int, default=None, metavar="N",
-                        help="instead of the levels: N consecutive whole-mode requests to a local service, reporting "
-                             "each replica's RSS after the first 50 against its RSS at the end")
-    parser.add_argument("--chunk-cost", action="store_true",
-                        help="instead of the levels: time each streamed flow chunk of one growing utterance")
 
 
 @dataclass
-class BenchOptions:
-    model_dir: Path
-    size: str | None
-    dtype: str
-    torch_threads: int
+class BenchOptions(ModelOptions):
     concurrency: tuple[int, ...]
     modes: tuple[str, ...]
     requests: int | None
@@ -118,26 +98,13 @@ class BenchOptions:
 
 
 def resolve_options(args: argparse.Namespace) -> BenchOptions:
-    from tts_core.settings import Settings
-    from tts_model.default_model import ensure_twin
-
-    if args.requests is not None and args.requests < 1:
-        raise SystemExit("--requests must be at least 1")
-    if args.torch_threads is not None and args.torch_threads < 1:
-        raise SystemExit("--torch-threads must be at least 1")
-    size = "tiny" if args.quick else args.size
     if args.quick and args.size != "tiny":
         logger.warning("--quick runs the tiny twin; ignoring --size %s", args.size)
-    if args.model_dir:
-        model_dir, size = Path(args.model_dir).expanduser().resolve(), None
-    else:
-        model_dir = ensure_twin(size=size)
+    model = model_options(args, size="tiny" if args.quick else args.size)
     concurrency = args.concurrency or (QUICK_CONCURRENCY if args.quick else DEFAULT_CONCURRENCY)
-    return BenchOptions(model_dir=model_dir, size=size, dtype=args.dtype,
-                        torch_threads=args.torch_threads or Settings().torch_threads, concurrency=concurrency,
-                        modes=args.modes, requests=args.requests, quick=args.quick,
-                        url=args.url.rstrip("/") if args.url else None, voice=args.voice, seed=args.seed,
-                        baseline=not args.no_baseline)
+    return BenchOptions(**vars(model), concurrency=concurrency, modes=args.modes, requests=args.requests,
+                        quick=args.quick, url=args.url.rstrip("/") if args.url else None, voice=args.voice,
+                        seed=args.seed, baseline=not args.no_baseline)
 
 
 @dataclass
@@ -224,8 +191,8 @@ def _stderr_fd() -> int | None:
 
 
 def run_baseline(options: BenchOptions, voice_id: str) -> dict[str, Any]:
-    """The baseline in a child process (see `serve_app.bench.baseline`): its levels, torch
-    threads and memory."""
+    """The baseline in a child process (see `benchmarks.baseline`): its levels, torch threads
+    and memory."""
     from benchmarks.baseline import BaselinePlan
 
     plan = BaselinePlan(model_dir=str(options.model_dir), dtype=options.dtype, voice_id=voice_id,
@@ -233,7 +200,7 @@ def run_baseline(options: BenchOptions, voice_id: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cvbench-") as workdir:
         plan_path, result_path = Path(workdir) / "plan.json", Path(workdir) / "result.json"
         plan_path.write_text(json.dumps(asdict(plan)))
-        completed = subprocess.run([sys.executable, "-m", "serve_app.bench.baseline", str(plan_path),
+        completed = subprocess.run([sys.executable, "-m", "benchmarks.baseline", str(plan_path),
                                     str(result_path)], stdout=_stderr_fd(), check=False)
         if completed.returncode != 0 or not result_path.is_file():
             raise RuntimeError(f"the baseline process failed (exit status {completed.returncode})")
@@ -242,42 +209,10 @@ def run_baseline(options: BenchOptions, voice_id: str) -> dict[str, Any]:
     return result
 
 
-def run_soak(options: BenchOptions, count: int) -> int:
-    """The memory soak (see `serve_app.bench.soak`); 0 when every replica stayed within bounds."""
-    from benchmarks.service import LocalService, pick_voice, wait_ready
-    from benchmarks.soak import soak
-
-    async def drive(base_url: str, processes: Any) -> dict[str, Any]:
-        await wait_ready(base_url)
-        voice_id = options.voice or await pick_voice(base_url)
-        return await soak(base_url, processes, count, min(50, count), options.seed, voice_id)
-
-    with LocalService(options.model_dir, options.dtype, options.torch_threads) as service:
-        report = asyncio.run(drive(service.base_url, service.processes))
-    for row in report["processes"]:
-        print(f"{row['process'][:70]:70s} {row['rss_mb_after_warmup']:9.1f} MB -> {row['rss_mb_at_end']:9.1f} MB "
-              f"({100 * row['growth']:+.2f}%)")
-    print(json.dumps(dict(report, model=str(options.model_dir), dtype=options.dtype)), flush=True)
-    return 0 if report["within_bound"] and not report["failures"] else 1
-
-
-def run_bench(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run the benchmark; 0 when every service request succeeded (the baseline may fail requests)."""
     started, load_before = time.perf_counter(), os.getloadavg()[0]
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     options = resolve_options(args)
-    if args.soak:
-        return run_soak(options, args.soak)
-    if args.chunk_cost:
-        from benchmarks.chunks import chunk_costs
-
-        report = chunk_costs(str(options.model_dir), options.dtype, options.torch_threads)
-        for row in report["chunks"]:
-            print(f"chunk {row['chunk']:2d}: {row['tokens']:4d} tokens so far, {row['new_frames']} new mel frames, "
-                  f"recompute {row['seconds']:.3f} s, incremental {row['incremental_seconds']:.3f} s "
-                  f"(cache {row['cache_mb']} MB)")
-        print(json.dumps(report), flush=True)
-        return 0
     logger.info("benchmarking %s (%s): modes %s, concurrency %s", options.model_dir, options.dtype,
                 ",".join(options.modes), ",".join(map(str, options.concurrency)))
     service = run_service(options)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -17,91 +15,65 @@ import psutil
 
 from benchmarks.memory import descendants
 from benchmarks.workload import BenchRequest, RequestResult
+from serve_app.local import LocalServe
 
 logger = logging.getLogger(__name__)
+# httpx logs every request at INFO, which would bury the benchmark's own log under thousands of lines.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 SFT_PATH = "/api/v1/synthesize/sft"
 PRETRAINED_PATH = "/api/v1/voices/pretrained/list"
 HEALTH_PATH = "/health"
 PREFERRED_VOICE = "pretrained_voice_001"
-#: A streamed response starts with a WAV header of unknown length (API spec §4), then 16-bit PCM.
+#: A streamed response starts with a WAV header (`tts_core.audio.streaming_wav_header`), then 16-bit PCM.
 WAV_HEADER_BYTES = 44
 APP_NAME = "cosyvoice"
 #: No request of the benchmark should take this long, even on the real-size twin at concurrency 16.
 REQUEST_TIMEOUT = httpx.Timeout(1800.0, connect=30.0)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class LocalService:
-    """The whole Serve application on a private Ray instance, for the length of a `with` block.
-
-    `address="local"` always starts a new Ray instance and never joins one already running (a
-    test session's, a developer's); its own temp dir and a free HTTP port keep the two apart.
-    Ray is started from this process, so every process of the service descends from it: that is
-    how its memory is found.
+    """The whole Serve application on a private Ray instance (`serve_app.local`), for the length of
+    a `with` block, in its own temp dir. Ray is started from this process, so every process of the
+    service descends from it: that is how its memory is found.
     """
 
     def __init__(self, model_dir: Path, dtype: str, torch_threads: int):
         self.model_dir, self.dtype, self.torch_threads = model_dir, dtype, torch_threads
-        self.port = free_port()
         self.workdir: Path | None = None
+        self.service: LocalServe | None = None
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        assert self.service is not None, "the service runs inside the with block"
+        return self.service.base_url
 
     def processes(self) -> list[psutil.Process]:
         return descendants()
 
     def __enter__(self) -> LocalService:
-        import ray
-        from ray import serve
-
-        from serve_app.app import build_app
-
         # Short, since Ray's Unix socket paths live under it.
         self.workdir = Path(tempfile.mkdtemp(prefix="cvbench-"))
+        data = self.workdir / "data"
+        settings = {"model_dir": str(self.model_dir), "dtype": self.dtype, "torch_threads": self.torch_threads,
+                    "voice_store_uri": str(data / "voices"), "output_store_uri": str(data / "audio"),
+                    "task_store_uri": str(data / "tasks")}
+        self.service = LocalServe(settings, app_name=APP_NAME, temp_dir=str(self.workdir / "ray"))
         started = time.perf_counter()
-        # num_cpus is what Ray schedules by, not a limit: the deployments' fractional CPUs must fit
-        # even on a 2-core machine.
-        ray.init(address="local", include_dashboard=False, log_to_driver=False,
-                 num_cpus=max(4, os.cpu_count() or 1), _temp_dir=str(self.workdir / "ray"))
         try:
-            serve.start(http_options={"host": "127.0.0.1", "port": self.port})
-            data = self.workdir / "data"
-            settings = {"model_dir": str(self.model_dir), "dtype": self.dtype, "torch_threads": self.torch_threads,
-                        "voice_store_uri": str(data / "voices"), "output_store_uri": str(data / "audio"),
-                        "task_store_uri": str(data / "tasks"), "app_name": APP_NAME}
-            serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
+            self.service.start()
         except BaseException:
-            self._stop()
+            shutil.rmtree(self.workdir, ignore_errors=True)
             raise
         logger.info("service up at %s in %.1f s", self.base_url, time.perf_counter() - started)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
-        self._stop()
-
-    def _stop(self) -> None:
-        import ray
-        from ray import serve
-
         started = time.perf_counter()
-        try:
-            serve.shutdown()
-        except Exception:  # the service may not have started; Ray must stop regardless
-            logger.exception("serve.shutdown failed")
-        serve_s = time.perf_counter() - started
-        ray.shutdown()
-        logger.info("service stopped in %.1f s (serve %.1f s)", time.perf_counter() - started, serve_s)
-        if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        self.service.stop()
+        logger.info("service stopped in %.1f s", time.perf_counter() - started)
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 async def wait_ready(base_url: str, timeout_s: float = 120.0) -> None:

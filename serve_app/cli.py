@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import logging
 import sys
 import time
+from types import ModuleType
 
 
 def make_model(args: argparse.Namespace) -> int:
@@ -23,15 +25,36 @@ def make_model(args: argparse.Namespace) -> int:
 BENCH_NOT_INSTALLED = ("the benchmark is not installed: it ships apart from the service, in the repository's "
                        "benchmarks/ folder; from a checkout, run `pip install -e ./benchmarks`")
 
+#: The benchmark's commands: name -> (module, help, description). Each module has
+#: `add_arguments(parser)` and `run(args) -> int`; the names are listed here, not there, so that
+#: each command can still say how to install the benchmark where it is missing.
+BENCH_COMMANDS = {
+    "bench": ("benchmarks.runner", "benchmark the service against upstream's one-process server",
+              "Drive a fixed, seeded workload through the service over HTTP and through an upstream-style "
+              "baseline (same --dtype; torch's default thread count, as upstream's server has); print a table, "
+              "then one JSON line with the figures."),
+    "bench-soak": ("benchmarks.soak", "memory soak: each service replica's RSS after a warm-up and at the end",
+                   "Send many whole-mode requests, one after another, to a service started here; print each "
+                   "replica's RSS after --warmup requests and at the end, then one JSON line. Exits 1 if any "
+                   "request failed or any replica grew past the bound."),
+    "bench-chunk-cost": ("benchmarks.chunks", "time each streamed flow chunk of one growing utterance",
+                         "Decode one growing utterance chunk by chunk as streaming does, recomputing from the "
+                         "start and incrementally; print each chunk's cost, then one JSON line."),
+}
 
-def bench_runner() -> object | None:
-    """The benchmark's command module, or None where it is not installed."""
+
+def bench_module(name: str) -> ModuleType | None:
+    """A benchmark command's module, or None where the benchmark is not installed."""
     try:
-        return importlib.import_module("benchmarks.runner")
+        return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name not in ("benchmarks", "httpx", "psutil"):
             raise
         return None
+
+
+def bench_not_installed(command: str, args: argparse.Namespace) -> int:
+    sys.exit(f"cosyvoice-serve {command}: {BENCH_NOT_INSTALLED}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,16 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     twin.add_argument("--out", required=True, help="directory to write")
     twin.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     twin.set_defaults(handler=make_model)
-    benchmark = commands.add_parser("bench", help="benchmark the service against upstream's one-process server",
-                                    description="Drive a fixed, seeded workload through the service over HTTP and "
-                                                "through an upstream-style baseline; print a table, then one JSON "
-                                                "line with the figures.")
-    runner = bench_runner()
-    if runner is None:
-        benchmark.set_defaults(handler=lambda args: sys.exit(f"cosyvoice-serve bench: {BENCH_NOT_INSTALLED}"))
-    else:
-        runner.add_arguments(benchmark)
-        benchmark.set_defaults(handler=runner.run_bench)
+    for command, (module_name, help_text, description) in BENCH_COMMANDS.items():
+        subparser = commands.add_parser(command, help=help_text, description=description)
+        if (module := bench_module(module_name)) is None:
+            subparser.set_defaults(handler=functools.partial(bench_not_installed, command))
+        else:
+            module.add_arguments(subparser)
+            subparser.set_defaults(handler=module.run)
     return parser
 
 

@@ -30,68 +30,31 @@ def tiny_model(tiny_model_dir: Path):
     return load_model(tiny_model_dir)
 
 
-class ServeCluster:
-    """Ray and the whole Serve application on one port and one set of storage folders.
-
-    `stop()` then `start()` is a full restart (a new Ray cluster, so every actor and replica is new)
-    on the same port and storage: what a redeploy or a machine reboot looks like to clients.
-    """
-
-    app_name = "cosyvoice"
-
-    def __init__(self, model_dir: Path, data_dir: Path):
-        import socket
-
-        def free_port() -> int:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                return probe.getsockname()[1]
-
-        self.port, self.metrics_port = free_port(), free_port()
-        self.settings = {"model_dir": str(model_dir), "voice_store_uri": str(data_dir / "voices"),
-                         "output_store_uri": str(data_dir / "audio"), "task_store_uri": str(data_dir / "tasks"),
-                         # Small task limits so the admission tests can fill the queue quickly.
-                         "max_queued_tasks": 4, "max_running_tasks": 2}
-        self.info = {"base_url": f"http://127.0.0.1:{self.port}", "settings": self.settings,
-                     "app_name": self.app_name, "metrics_url": f"http://127.0.0.1:{self.metrics_port}/metrics"}
-
-    def start(self) -> None:
-        import ray
-        from ray import serve
-
-        from serve_app.app import build_app
-
-        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, _metrics_export_port=self.metrics_port)
-        serve.start(http_options={"host": "127.0.0.1", "port": self.port})
-        serve.run(build_app(dict(self.settings)), name=self.app_name, route_prefix="/")
-
-    def stop(self) -> None:
-        import ray
-        from ray import serve
-
-        if ray.is_initialized():
-            serve.shutdown()
-            ray.shutdown()
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
+def serve_settings(model_dir: Path, data_dir: Path) -> dict:
+    return {"model_dir": str(model_dir), "voice_store_uri": str(data_dir / "voices"),
+            "output_store_uri": str(data_dir / "audio"), "task_store_uri": str(data_dir / "tasks"),
+            # Small task limits so the admission tests can fill the queue quickly.
+            "max_queued_tasks": 4, "max_running_tasks": 2}
 
 
 @pytest.fixture(scope="session")
 def serve_controller(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The session's ServeCluster, started once; tests that restart it leave it running."""
-    cluster = ServeCluster(tiny_model_dir, tmp_path_factory.mktemp("data"))
+    """The session's service, started once; tests that restart it leave it running."""
+    from serve_app.local import LocalServe, free_port
+
+    cluster = LocalServe(serve_settings(tiny_model_dir, tmp_path_factory.mktemp("data")), metrics_port=free_port())
     cluster.start()
     yield cluster
     cluster.stop()
 
 
 @pytest.fixture(scope="session")
-def serve_cluster(serve_controller: ServeCluster) -> dict:
+def serve_cluster(serve_controller) -> dict:
     """Ray and the whole Serve application on the tiny twin, started once per test session:
-    `{"base_url", "settings", "app_name"}` (the same across restarts)."""
-    return serve_controller.info
+    `{"base_url", "settings", "app_name", "metrics_url"}` (the same across restarts)."""
+    return {"base_url": serve_controller.base_url, "settings": serve_controller.settings,
+            "app_name": serve_controller.app_name,
+            "metrics_url": f"http://127.0.0.1:{serve_controller.metrics_port}/metrics"}
 
 
 @pytest.fixture(scope="session")

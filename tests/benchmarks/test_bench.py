@@ -1,4 +1,4 @@
-"""`cosyvoice-serve bench`: the report's arithmetic, and the CI short mode end to end."""
+"""The benchmark commands: the report's arithmetic, the command line, chunk cost and the CI short mode end to end."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -56,6 +57,36 @@ def test_report_pairs_sides_and_overhead() -> None:
     assert overhead([]) is None
 
 
+def test_bench_commands_share_the_model_options() -> None:
+    from benchmarks import chunks, soak
+    from serve_app.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["bench-soak", "--requests", "3", "--size", "real", "--dtype", "bf16",
+                              "--torch-threads", "2"])
+    assert (args.requests, args.warmup, args.size, args.dtype, args.torch_threads, args.seed) == (3, 50, "real",
+                                                                                                   "bf16", 2, 0)
+    assert args.handler is soak.run
+    args = parser.parse_args(["bench-chunk-cost", "--chunks", "2"])
+    assert args.chunks == 2 and args.model_dir is None and args.handler is chunks.run
+    assert not hasattr(args, "voice")  # it sends no requests
+    for bad in (["bench-soak", "--requests", "0"], ["bench", "--torch-threads", "0"], ["bench", "--soak", "5"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+
+
+def test_each_bench_command_says_how_to_install_the_benchmark(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serve_app import cli
+
+    def missing(name: str) -> None:
+        raise ModuleNotFoundError(f"No module named {name.split('.')[0]!r}", name="benchmarks")
+
+    monkeypatch.setattr(cli, "importlib", SimpleNamespace(import_module=missing))
+    for command in cli.BENCH_COMMANDS:
+        with pytest.raises(SystemExit, match=rf"cosyvoice-serve {command}: .*pip install -e \./benchmarks"):
+            cli.main([command])
+
+
 def bench_command() -> list[str]:
     script = Path(sys.executable).with_name("cosyvoice-serve")
     return [str(script)] if script.is_file() else [sys.executable, "-m", "serve_app.cli"]
@@ -82,3 +113,13 @@ def test_quick_bench_ends_with_its_json_report(tiny_model_dir: Path, tmp_path: P
     assert isinstance(report["overhead_ms"], float)
     assert report["overhead"]["same_audio"] is True
     assert json.loads(output.read_text()) == report
+
+
+def test_chunk_cost_ends_with_its_json_report(tiny_model_dir: Path, tmp_path: Path) -> None:
+    completed = subprocess.run([*bench_command(), "bench-chunk-cost", "--model-dir", str(tiny_model_dir),
+                                "--chunks", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert [row["chunk"] for row in report["chunks"]] == [0, 1]
+    # The incremental decoder must give the mel that recomputing from the start gives.
+    assert all(row["max_abs_diff"] < 1e-3 for row in report["chunks"])

@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,14 +16,10 @@ import httpx
 import pytest
 import yaml
 
+from serve_app.local import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 BURST_TEXT = " ".join(["This sentence is one of many that together make a long text for the model to read."] * 8)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from deployments.voice_store import VoiceStore
+from tts_core.storage import voice_codec
+from tts_core.storage.blobs import BlobStore
 from tts_core.voices import VoiceExistsError, VoiceNotFoundError
 from tts_core.wire import VoiceFeatures
 
 VOICE_KEYS = {"voice_id", "name", "description", "voice_type", "language", "prompt_text", "audio_format",
-              "created_at", "updated_at", "file_size", "duration", "sample_rate", "is_active"}
+              "created_at", "updated_at", "file_size", "duration", "sample_rate"}
 
 
 def features(seed: int, tokens: int = 50) -> VoiceFeatures:
@@ -41,6 +43,16 @@ def assert_features_equal(a: VoiceFeatures, b: VoiceFeatures) -> None:
         assert x.dtype == y.dtype and np.array_equal(x, y), name
 
 
+def stored_upload(root: Path, voice_id: str) -> tuple[bytes, str]:
+    """The uploaded audio as the voice's file keeps it."""
+    data = BlobStore(str(root)).get(voice_codec.file_name(voice_id))
+    return voice_codec.upload_from(voice_codec.read(data))
+
+
+def voice_ids(store: VoiceStore) -> list[str]:
+    return sorted(voice["voice_id"] for voice in store.list(page_size=10_000)["voices"])
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     return tmp_path / "voices"
@@ -55,14 +67,14 @@ def test_create_get_features_audio(store: VoiceStore, root: Path) -> None:
     feats = features(1)
     voice = store.create(meta("alice", description="warm"), feats, b"RIFFaudio", "wav")
     assert set(voice) == VOICE_KEYS
-    assert voice["voice_id"] == "alice" and voice["description"] == "warm" and voice["is_active"] is True
+    assert voice["voice_id"] == "alice" and voice["description"] == "warm"
     assert voice["created_at"] == voice["updated_at"] and voice["created_at"].endswith("Z")
     datetime.fromisoformat(voice["created_at"])
     assert store.get("alice") == voice
     assert_features_equal(store.get_features("alice"), feats)
-    assert store.get_audio("alice") == (b"RIFFaudio", "wav")
+    assert stored_upload(root, "alice") == (b"RIFFaudio", "wav")
     assert os.listdir(root) == ["alice.parquet"]
-    assert store.count() == 1 and store.ids() == ["alice"]
+    assert store.count() == 1 and voice_ids(store) == ["alice"]
 
 
 def test_metadata_is_plain_python(store: VoiceStore) -> None:
@@ -87,7 +99,7 @@ def test_duplicate_id_is_refused(store: VoiceStore) -> None:
 
 
 def test_unknown_voice(store: VoiceStore) -> None:
-    for call in (store.get, store.get_features, store.get_audio, store.delete,
+    for call in (store.get, store.get_features, store.delete,
                  lambda voice_id: store.update(voice_id, {"name": "x"})):
         with pytest.raises(VoiceNotFoundError) as info:
             call("ghost")
@@ -115,7 +127,7 @@ def test_create_validates_metadata(store: VoiceStore, bad: dict[str, Any]) -> No
 def test_ids_with_leading_dash_or_underscore(store: VoiceStore, root: Path) -> None:
     for voice_id in ("-a", "_a", "a"):
         store.create(meta(voice_id), features(1), b"a", "wav")
-    assert VoiceStore(str(root)).ids() == ["-a", "_a", "a"]
+    assert voice_ids(VoiceStore(str(root))) == ["-a", "_a", "a"]
 
 
 def test_list_filters_order_and_paging(store: VoiceStore) -> None:
@@ -146,7 +158,7 @@ def test_update(store: VoiceStore, root: Path) -> None:
     assert updated["prompt_text"] == created["prompt_text"]
     reopened = VoiceStore(str(root))
     assert reopened.get("u") == updated
-    assert reopened.get_audio("u") == (b"audio", "wav")
+    assert stored_upload(root, "u") == (b"audio", "wav")
     assert_features_equal(reopened.get_features("u"), features(1))
 
 
@@ -167,7 +179,7 @@ def test_delete_frees_the_id(store: VoiceStore, root: Path) -> None:
         store.get("gone")
     store.create(meta("gone"), features(2), b"b", "wav")
     assert_features_equal(store.get_features("gone"), features(2))
-    assert VoiceStore(str(root)).ids() == ["gone"]
+    assert voice_ids(VoiceStore(str(root))) == ["gone"]
 
 
 def test_stats(store: VoiceStore) -> None:
@@ -195,7 +207,7 @@ def test_persistence_across_instances(store: VoiceStore, root: Path) -> None:
     assert reopened.stats() == store.stats()
     for voice_id, feats in originals.items():
         assert_features_equal(reopened.get_features(voice_id), feats)
-        assert reopened.get_audio(voice_id) == (voice_id.encode() * 10, "mp3")
+        assert stored_upload(root, voice_id) == (voice_id.encode() * 10, "mp3")
     empty = reopened.get_features("empty")
     assert empty.speech_token.shape == (0,) and empty.speech_feat.shape == (0, 80)
     # Timestamps keep increasing after a restart, so new voices still list last.
@@ -220,7 +232,7 @@ def test_corrupt_file_is_skipped_and_kept(store: VoiceStore, root: Path, caplog:
     (root / "bad.parquet").write_bytes(b"PAR1 this is not parquet")
     (root / "other.parquet").write_bytes((root / "good.parquet").read_bytes())  # voice under the wrong name
     reopened = VoiceStore(str(root))
-    assert reopened.ids() == ["good"]
+    assert voice_ids(reopened) == ["good"]
     names = sorted(os.listdir(root))
     assert "good.parquet" in names and "bad.parquet" not in names and "other.parquet" not in names
     corrupt = [name for name in names if name.endswith(".corrupt")]
@@ -229,4 +241,4 @@ def test_corrupt_file_is_skipped_and_kept(store: VoiceStore, root: Path, caplog:
     assert "bad.parquet" in caplog.text
     # The id of a quarantined file is free and can be registered.
     reopened.create(meta("bad"), features(1), b"a", "wav")
-    assert VoiceStore(str(root)).ids() == ["bad", "good"]
+    assert voice_ids(VoiceStore(str(root))) == ["bad", "good"]

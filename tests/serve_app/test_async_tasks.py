@@ -1,4 +1,4 @@
-"""Asynchronous tasks over HTTP (§6): lifecycle, progress, cancellation, durability, admission."""
+"""Asynchronous tasks over HTTP: lifecycle, progress, cancellation, durability, admission."""
 
 from __future__ import annotations
 

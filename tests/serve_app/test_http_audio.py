@@ -1,4 +1,4 @@
-"""Audio downloads (§5): content types, 404 audio_not_found, and names that try to leave the output folder."""
+"""Audio downloads: content types, 404 audio_not_found, and names that try to leave the output folder."""
 
 from __future__ import annotations
 

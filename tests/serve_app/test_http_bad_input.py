@@ -1,4 +1,4 @@
-"""Hostile and broken uploads and ids (§3, §5): oversized files, lying headers, archives posing as WAV,
+"""Hostile and broken uploads and ids: oversized files, lying headers, archives posing as WAV,
 ids that try to name paths. Each is a clean 4xx and leaves the registry and the stores as they were."""
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from schemathesis import GenerationMode
 
 from tests.serve_app.http_helpers import ERROR_CODE_RE, assert_error, assert_synthesis_result
 
-#: Every operation of the contract except §6, as the schema names them.
+#: Every operation of the contract except the async tasks, as the schema names them.
 OPERATIONS = [("GET", "/"), ("GET", "/health"), ("POST", "/api/v1/voices/"), ("GET", "/api/v1/voices/"),
               ("GET", "/api/v1/voices/stats/summary"), ("GET", "/api/v1/voices/pretrained/list"),
               ("GET", "/api/v1/voices/{voice_id}"), ("PUT", "/api/v1/voices/{voice_id}"),

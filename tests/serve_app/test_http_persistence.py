@@ -1,4 +1,4 @@
-"""Durability (§3, §5): after Serve and Ray are shut down completely and started again on the same storage,
+"""Durability: after Serve and Ray are shut down completely and started again on the same storage,
 every registered voice is back, metadata and features, and synthesizes exactly as before.
 
 This restarts the session's cluster, so it is marked to run after every other test of the session; the

@@ -1,5 +1,6 @@
-"""The seed document's examples, replayed as written: the curl commands verbatim (through a small
-curl-to-requests translator, so no curl binary is needed) and the Python snippets with `requests`.
+"""The API usage guide's examples (the document the API was first specified from), replayed as
+written: the curl commands verbatim (through a small curl-to-requests translator, so no curl binary
+is needed) and the Python snippets with `requests`.
 
 Only the host (`http://localhost:8000`) and the sample file (`@/path/to/voice_sample.wav`, a generated
 WAV here) are substituted. The literal ids (`my_custom_voice`, `my_voice_001`) are used and deleted again.
@@ -89,7 +90,7 @@ CURL_INSTRUCT = '''curl -X POST "http://localhost:8000/api/v1/synthesize/instruc
 
 @pytest.fixture(scope="module")
 def sample_path(tmp_path_factory) -> Path:
-    """The seed's `voice_sample.wav`: a few seconds of speech-like audio."""
+    """The usage guide's `voice_sample.wav`: a few seconds of speech-like audio."""
     path = tmp_path_factory.mktemp("seed") / "voice_sample.wav"
     sf.write(path, speech_like(3.0, 16000, seed=1), 16000, subtype="PCM_16")
     return path
@@ -97,7 +98,7 @@ def sample_path(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def curl(serve_cluster, sample_path):
-    """Run one of the seed's curl commands: method, URL, -H, -F (fields and @files) and -d, as curl would."""
+    """Run one of the usage guide's curl commands: method, URL, -H, -F (fields and @files) and -d, as curl would."""
 
     def run(command: str) -> requests.Response:
         command = command.replace(SEED_HOST, serve_cluster["base_url"]).replace(SEED_SAMPLE, str(sample_path))
@@ -198,7 +199,7 @@ def test_seed_voice_management_with_curl(curl, serve_cluster, sample_path) -> No
 
 def test_seed_add_voice_python(serve_cluster, sample_path, monkeypatch) -> None:
     monkeypatch.chdir(sample_path.parent)
-    # --- the seed's snippet, with its URL pointed at the test server ---
+    # --- the usage guide's snippet, with its URL pointed at the test server ---
     url = f"{serve_cluster['base_url']}/api/v1/voices/"
     with open("voice_sample.wav", "rb") as audio_file:
         files = {"audio_file": audio_file}
@@ -224,7 +225,7 @@ def test_seed_sft_curl(curl, serve_cluster) -> None:
 
 def test_seed_sft_python(serve_cluster, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    # --- the seed's snippet, with its URLs pointed at the test server ---
+    # --- the usage guide's snippet, with its URLs pointed at the test server ---
     url = f"{serve_cluster['base_url']}/api/v1/synthesize/sft"
     data = {
         "text": "Hello, how are you today?",
@@ -258,9 +259,9 @@ def test_seed_instruct_curl(curl, serve_cluster) -> None:
 def test_seed_complete_workflow(serve_cluster, tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     sf.write(tmp_path / "my_voice_sample.wav", speech_like(3.0, 22050, f0=120.0, seed=2), 22050, subtype="PCM_16")
-    BASE_URL = serve_cluster["base_url"]  # noqa: N806 - the seed's name
+    BASE_URL = serve_cluster["base_url"]  # noqa: N806 - the usage guide's name
 
-    # --- the seed's workflow, verbatim apart from BASE_URL ---
+    # --- the usage guide's workflow, verbatim apart from BASE_URL ---
     def add_voice():
         """Add a custom voice to the cache"""
         url = f"{BASE_URL}/api/v1/voices/"

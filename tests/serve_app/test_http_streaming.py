@@ -1,4 +1,4 @@
-"""Streaming synthesis over HTTP (§4, `stream=true`): chunked audio/wav with an open-ended header, bytes
+"""Streaming synthesis over HTTP (`stream=true`): chunked audio/wav with an open-ended header, bytes
 arriving while the model still works, and a client that hangs up stopping the generation upstream."""
 
 from __future__ import annotations

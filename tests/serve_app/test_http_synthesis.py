@@ -1,4 +1,4 @@
-"""Synchronous synthesis over HTTP (§4): the four modes and their body kinds, output formats checked
+"""Synchronous synthesis over HTTP: the four modes and their body kinds, output formats checked
 byte by byte, speed, and every error the contract names for these routes."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""System routes (§2) and the routing errors every path shares (§1): 404 not_found, 405, the error shape."""
+"""System routes and the routing errors every path shares: 404 not_found, 405, the error shape."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The voice registry over HTTP (§3): create, read, list (filters, paging, order), update, delete,
+"""The voice registry over HTTP: create, read, list (filters, paging, order), update, delete,
 stats, pretrained voices, and every error the contract names for them."""
 
 from __future__ import annotations

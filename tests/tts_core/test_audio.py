@@ -1,8 +1,7 @@
-"""Audio decoding by content, encoding to the API's output formats, and upload limits."""
+"""Audio decoding by content and encoding to the output formats."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import struct
 import zipfile
@@ -11,10 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from serve_app.serving.uploads import read_limited
 from tests.audio_samples import m4a_bytes
 from tts_core.audio import MEDIA_TYPES, AudioError, decode_audio, encode_audio, pcm16_bytes, streaming_wav_header
-from tts_core.limits import MAX_UPLOAD_BYTES
 
 SR = 16000
 
@@ -196,37 +193,3 @@ def test_streamed_wav_is_playable() -> None:
 def test_pcm16_bytes() -> None:
     data = pcm16_bytes(np.array([0.0, 1.0, -1.0, 3.0, -0.5], dtype=np.float32))
     assert np.frombuffer(data, dtype="<i2").tolist() == [0, 32767, -32767, 32767, -16384]
-
-
-class FakeUpload:
-    """Starlette's UploadFile as `read_limited` sees it, counting what was read."""
-
-    def __init__(self, size: int) -> None:
-        self.remaining = size
-        self.bytes_read = 0
-
-    async def read(self, size: int = -1) -> bytes:
-        n = self.remaining if size < 0 else min(size, self.remaining)
-        self.remaining -= n
-        self.bytes_read += n
-        return b"\0" * n
-
-
-def test_read_limited_returns_the_whole_upload() -> None:
-    upload = FakeUpload(3 * 1024 * 1024 + 5)
-    assert len(asyncio.run(read_limited(upload, MAX_UPLOAD_BYTES))) == 3 * 1024 * 1024 + 5
-
-
-def test_read_limited_stops_at_the_limit() -> None:
-    upload = FakeUpload(MAX_UPLOAD_BYTES * 4)
-    with pytest.raises(AudioError) as info:
-        asyncio.run(read_limited(upload, MAX_UPLOAD_BYTES))
-    assert info.value.code == "invalid_audio"
-    assert "larger than 50 MB" in info.value.message
-    assert upload.bytes_read <= MAX_UPLOAD_BYTES + 1024 * 1024
-
-
-def test_read_limited_accepts_exactly_the_limit() -> None:
-    assert len(asyncio.run(read_limited(FakeUpload(3000), 3000))) == 3000
-    with pytest.raises(AudioError):
-        asyncio.run(read_limited(FakeUpload(3001), 3000))

@@ -1,0 +1,60 @@
+"""The whole application on a private Ray instance started by this process: what the tests and the
+benchmark run against (`serve run` is the command-line way to the same)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class LocalServe:
+    """Ray and the Serve application, on loopback. `stop()` then `start()` is a full restart (a new
+    Ray instance, so every actor and replica is new) on the same port and settings."""
+
+    def __init__(self, settings: dict[str, Any], app_name: str = "cosyvoice", temp_dir: str | None = None,
+                 metrics_port: int | None = None):
+        self.settings, self.app_name, self.temp_dir = dict(settings, app_name=app_name), app_name, temp_dir
+        self.port, self.metrics_port = free_port(), metrics_port
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        import ray
+        from ray import serve
+
+        from serve_app.app import build_app
+
+        # `address="local"` always starts a new instance, never joining one already running.
+        # num_cpus is what Ray schedules by, not a limit: the deployments' fractional CPUs must fit
+        # even on a 2-core machine.
+        ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
+                 _temp_dir=self.temp_dir, _metrics_export_port=self.metrics_port)
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": self.port})
+            serve.run(build_app(dict(self.settings)), name=self.app_name, route_prefix="/")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        import ray
+        from ray import serve
+
+        if ray.is_initialized():
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
