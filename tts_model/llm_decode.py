@@ -17,22 +17,7 @@ from typing import Any
 
 import torch
 
-
-@dataclass
-class SpeechTokenRequest:
-    """What the LLM needs for one text segment (all token ids, plain lists)."""
-
-    #: Qwen tokens of the text to speak.
-    text_token: list[int]
-    #: Qwen tokens of the prompt transcript (zero-shot) or `instruction<|endofprompt|>` (instruct).
-    prompt_text_token: list[int] = field(default_factory=list)
-    #: Speech tokens of the prompt audio (zero-shot only).
-    prompt_speech_token: list[int] = field(default_factory=list)
-    #: Seed of this segment's sampling; the same seed gives the same tokens.
-    seed: int = 0
-    sampling: int = 25
-    max_token_text_ratio: float = 20.0
-    min_token_text_ratio: float = 2.0
+from tts_core.wire import SpeechTokenRequest
 
 
 @dataclass
