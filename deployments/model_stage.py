@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from tts_core.settings import Settings  # noqa: E402
 from tts_model.default_model import resolve_model_dir  # noqa: E402
-from tts_model.loader import CosyVoice2Model, Part, load_model  # noqa: E402
+from tts_model.loader import DTYPES, CosyVoice2Model, Part, load_model  # noqa: E402
 
 logger = logging.getLogger("ray.serve")
 
@@ -45,7 +45,16 @@ def load_stage(settings: Settings, parts: list[Part], device: str | None = None)
     if is_twin:
         logger.warning("serving the random-weight CosyVoice2 twin at %s (set COSYVOICE_MODEL_DIR for real weights)",
                        model_dir)
-    return load_model(model_dir, parts=parts, device=device or settings.device, dtype=settings.dtype), is_twin
+    model = load_model(model_dir, parts=parts, device=device or settings.device, dtype=settings.dtype)
+    if any(part in parts for part in ("llm", "flow")):
+        logger.info("precision of %s on %s: %s (setting: %s)", "+".join(parts), model.device, precision(model),
+                    settings.dtype)
+    return model, is_twin
+
+
+def precision(model: CosyVoice2Model) -> str:
+    """The name of the dtype the LLM and flow run in."""
+    return next(name for name, dtype in DTYPES.items() if dtype == model.dtype)
 
 
 class ModelThread:

@@ -27,7 +27,9 @@ class Settings(BaseSettings):
         None, description="CosyVoice2-0.5B model directory. Unset: a random-weight tiny twin is generated and used.")
     model_cache_dir: str = Field(str(DEFAULT_CACHE_DIR), description="Where the default twin is generated (once).")
     device: str = Field("cpu", description="Torch device of the LLM, flow and vocoder: cpu, cuda, cuda:N or auto.")
-    dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Precision of the LLM and flow decoder.")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Precision of the LLM and flow decoder; auto: bf16 where the device runs it natively "
+                            "(CUDA, CPUs with AVX512-BF16 or AMX), else fp32.")
     torch_threads: int = Field(1, ge=1, description="Torch intra-op threads per model replica.")
     voice_store_uri: str = Field("data/voices", description="pyarrow.fs URI (or local path) of the voice registry.")
     output_store_uri: str = Field("data/audio", description="pyarrow.fs URI (or local path) of synthesized audio.")

@@ -33,6 +33,8 @@ class Health(BaseModel):
     voice_manager_ready: bool = Field(description="The voice registry and the voice front end answer.")
     async_synthesis_ready: bool = Field(description="Asynchronous synthesis tasks can be accepted.")
     model: str | None = Field(None, description="`cosyvoice2-twin` (random weights) or the model directory's name.")
+    precision: str | None = Field(None, description="The dtype the LLM and flow decoder run in (fp32, bf16, fp16): "
+                                                    "`dtype: auto` picks bf16 where the device runs it natively.")
     stages: dict[str, bool] = Field(default_factory=dict, description="Readiness of each pipeline stage.")
 
 
