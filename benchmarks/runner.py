@@ -126,7 +126,7 @@ async def measure_overhead(base_url: str, options: BenchOptions, voice_id: str
     from benchmarks.service import REQUEST_TIMEOUT, http_request
 
     pipeline = await asyncio.to_thread(load_inprocess, str(options.model_dir), options.dtype, voice_id,
-                                       options.torch_threads)
+                                       options.inprocess_threads)
     await asyncio.to_thread(pipeline.request, warmup_request())
     pairs = []
     async with httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT) as client:

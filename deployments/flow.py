@@ -9,7 +9,7 @@ import numpy as np
 from ray import serve
 
 from deployments.metrics import StageLoad
-from deployments.model_stage import ModelThread, load_stage
+from deployments.model_stage import ModelThread, core_budget, load_stage
 from tts_core.settings import Settings
 from tts_core.wire import FlowPrompt
 from tts_model.flow_decode import FlowRequest, flow_mel_batch
@@ -64,7 +64,7 @@ class FlowDecoder:
 
     def __init__(self, settings: Settings):
         self.model, _ = load_stage(settings, ["flow"])
-        self.worker = ModelThread()
+        self.worker = ModelThread(core_budget(settings))
         self.stream_caches = StreamCacheStore(int(settings.flow_stream_cache_mb * 2**20))
         self.load = StageLoad("flow")
         self.decode_batch.set_max_batch_size(settings.flow_max_batch_size)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ray import serve
 
 from deployments.metrics import StageLoad, metric
-from deployments.model_stage import load_stage, precision
+from deployments.model_stage import core_budget, forward_pass, load_stage, precision
 from tts_core.settings import Settings
 from tts_core.wire import SpeechTokenRequest
 from tts_model.llm_decode import DecodeState, SpeechTokenDecoder
@@ -47,6 +47,7 @@ class SpeechTokenLLM:
     def __init__(self, settings: Settings):
         self.model, _ = load_stage(settings, ["llm"])
         self.decoder = SpeechTokenDecoder(self.model.llm, self.model.sampling_params)
+        self.budget = core_budget(settings)
         self.ids = itertools.count()
         # Shared with the decoding thread, under `changed`: who joins, who left.
         self.changed = threading.Condition()
@@ -111,14 +112,16 @@ class SpeechTokenLLM:
                 if sequence.sequence_id in leaving:
                     continue
                 try:
-                    sequence.state = self.decoder.start(sequence.request)
+                    with forward_pass(self.budget):
+                        sequence.state = self.decoder.start(sequence.request)
                     self.sequences[sequence.sequence_id] = sequence
                 except Exception as exc:  # e.g. a prompt the model cannot take: fail this request only
                     logger.exception("speech-token decoding failed to start")
                     deliveries.append((sequence.queue, exc))
             if self.sequences:
                 self.load.set(len(self.sequences))
-                deliveries += self._step_all()
+                with forward_pass(self.budget):
+                    deliveries += self._step_all()
                 if not self.sequences:
                     self.load.set(0)
             if deliveries:
