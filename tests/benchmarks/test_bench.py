@@ -70,7 +70,7 @@ def test_bench_commands_share_the_model_options() -> None:
     args = parser.parse_args(["bench-chunk-cost", "--chunks", "2"])
     assert args.chunks == 2 and args.model_dir is None and args.handler is chunks.run
     assert not hasattr(args, "voice")  # it sends no requests
-    for bad in (["bench-soak", "--requests", "0"], ["bench", "--torch-threads", "0"], ["bench", "--soak", "5"]):
+    for bad in (["bench-soak", "--requests", "0"], ["bench", "--torch-threads", "-1"], ["bench", "--soak", "5"]):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
 
