@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 import psutil
@@ -38,8 +39,10 @@ class LocalService:
     service descends from it: that is how its memory is found.
     """
 
-    def __init__(self, model_dir: Path, dtype: str, torch_threads: int):
+    def __init__(self, model_dir: Path, dtype: str, torch_threads: int,
+                 deployment_options: dict[str, dict[str, Any]] | None = None):
         self.model_dir, self.dtype, self.torch_threads = model_dir, dtype, torch_threads
+        self.deployment_options = deployment_options
         self.workdir: Path | None = None
         self.service: LocalServe | None = None
 
@@ -58,7 +61,8 @@ class LocalService:
         settings = {"model_dir": str(self.model_dir), "dtype": self.dtype, "torch_threads": self.torch_threads,
                     "voice_store_uri": str(data / "voices"), "output_store_uri": str(data / "audio"),
                     "task_store_uri": str(data / "tasks")}
-        self.service = LocalServe(settings, app_name=APP_NAME, temp_dir=str(self.workdir / "ray"))
+        self.service = LocalServe(settings, app_name=APP_NAME, temp_dir=str(self.workdir / "ray"),
+                                  deployment_options=self.deployment_options)
         started = time.perf_counter()
         try:
             self.service.start()

@@ -87,12 +87,14 @@ class _SegmentStream:
         self.segment, self.segments, self.text_tokens = segment, segments, text_tokens
         self.chunk = 0
         self.cache: VocoderCache | None = None
-        # Names the stream to the flow decoder, which keeps its decoder state between chunks.
+        # Names the stream to the flow decoder, which keeps its decoder state between chunks; as the
+        # session id it also sends every chunk to the replica holding that state.
         self.key = uuid.uuid4().hex if job.stream else None
+        self.flow = pipeline.flow.options(session_id=self.key) if self.key else pipeline.flow
 
     async def decode(self, tokens: list[int], plan: ChunkPlan) -> SynthesisChunk:
-        mel = await self.pipeline.flow.decode.remote(tokens[: plan.end], self.prompt, plan.token_offset,
-                                                     plan.streaming, plan.finalize, self.key)
+        mel = await self.flow.decode.remote(tokens[: plan.end], self.prompt, plan.token_offset, plan.streaming,
+                                            plan.finalize, self.key)
         pcm, self.cache = await self.pipeline.vocoder.vocode.remote(
             mel, self.cache, plan.finalize, self.job.speed, chunk_seed(self.job.seed, self.segment, self.chunk))
         self.chunk += 1

@@ -40,6 +40,11 @@ BENCH_COMMANDS = {
     "bench-chunk-cost": ("benchmarks.chunks", "time each streamed flow chunk of one growing utterance",
                          "Decode one growing utterance chunk by chunk as streaming does, recomputing from the "
                          "start and incrementally; print each chunk's cost, then one JSON line."),
+    "bench-flow-affinity": ("benchmarks.affinity", "streamed chunks decoded from the start with several flow replicas",
+                            "Send concurrent streamed requests to a service started here with several flow decoder "
+                            "replicas; print how each replica decoded the streamed chunks (from the stream's kept "
+                            "state, or from the start for want of it) and the flow time per chunk, then one JSON "
+                            "line."),
 }
 
 

@@ -19,9 +19,11 @@ class LocalServe:
     Ray instance, so every actor and replica is new) on the same port and settings."""
 
     def __init__(self, settings: dict[str, Any], app_name: str = "cosyvoice", temp_dir: str | None = None,
-                 metrics_port: int | None = None):
+                 metrics_port: int | None = None, deployment_options: dict[str, dict[str, Any]] | None = None):
+        """`deployment_options`: options of deployments by name (`serve_app.app.bind_app`), e.g. replicas."""
         self.settings, self.app_name, self.temp_dir = dict(settings, app_name=app_name), app_name, temp_dir
         self.port, self.metrics_port = free_port(), metrics_port
+        self.deployment_options = deployment_options or {}
 
     @property
     def base_url(self) -> str:
@@ -31,7 +33,8 @@ class LocalServe:
         import ray
         from ray import serve
 
-        from serve_app.app import build_app
+        from serve_app.app import bind_app
+        from tts_core.settings import Settings
 
         # `address="local"` always starts a new instance, never joining one already running.
         # num_cpus is what Ray schedules by, not a limit: the deployments' fractional CPUs must fit
@@ -40,7 +43,8 @@ class LocalServe:
                  _temp_dir=self.temp_dir, _metrics_export_port=self.metrics_port)
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": self.port})
-            serve.run(build_app(dict(self.settings)), name=self.app_name, route_prefix="/")
+            app = bind_app(Settings(**self.settings).resolved(), self.deployment_options)
+            serve.run(app, name=self.app_name, route_prefix="/")
         except BaseException:
             self.stop()
             raise
