@@ -14,9 +14,6 @@ from typing import Any
 from ray.exceptions import NodeDiedError, RayActorError, RayTaskError, WorkerCrashedError
 from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 
-#: Seconds a caller waits for a replacement replica before giving up; Ray restarts a replica in
-#: seconds to tens of seconds (a process start plus its model load).
-RECOVERY_TIMEOUT_S = 30.0
 #: What a 503 tells clients to wait before retrying.
 RETRY_AFTER_S = 5
 
@@ -55,8 +52,8 @@ class ReplicaRecovery:
     once the stage has been gone for `timeout_s`.
     """
 
-    def __init__(self, stage: str, timeout_s: float | None = None):
-        self.stage, self.timeout_s = stage, RECOVERY_TIMEOUT_S if timeout_s is None else timeout_s
+    def __init__(self, stage: str, timeout_s: float):
+        self.stage, self.timeout_s = stage, timeout_s
         self.since: float | None = None
         self.delay_s = 0.0
 

@@ -10,7 +10,7 @@ That is also what makes a replica's death invisible but for a delay: a stage cal
 because its replica is gone is made again, on another or the restarted replica, and gives the
 same result (flow and vocoder calls are pure given their inputs; the LLM's sampling is seeded
 per segment, so a segment generated again yields the same tokens, and those already relayed are
-skipped). A stage gone for longer than `RECOVERY_TIMEOUT_S` fails the request.
+skipped). A stage gone for longer than `recovery_timeout_s` fails the request.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from tts_model.chunk_schedule import ChunkPlan, StreamPlanner, chunk_seed, segme
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
 class SynthesisPipeline:
     def __init__(self, frontend: DeploymentHandle, llm: DeploymentHandle,
-                 flow: DeploymentHandle, vocoder: DeploymentHandle):
+                 flow: DeploymentHandle, vocoder: DeploymentHandle, recovery_timeout_s: float = 30.0):
         self.frontend, self.llm, self.flow, self.vocoder = frontend, llm, flow, vocoder
+        self.recovery_timeout_s = recovery_timeout_s
         self.sample_rate: int | None = None
         self.load = StageLoad("pipeline")
 
@@ -80,7 +81,7 @@ class SynthesisPipeline:
     async def _speech_tokens(self, request: SpeechTokenRequest) -> AsyncIterator[list[int]]:
         """The LLM's tokens of one segment as they are sampled. If the LLM replica goes away, the
         segment is generated again with the same seed and the tokens already relayed are skipped."""
-        recovery, relayed = ReplicaRecovery("llm"), 0
+        recovery, relayed = ReplicaRecovery("llm", self.recovery_timeout_s), 0
         while True:
             stream, seen = self.llm.options(stream=True).generate.remote(request), 0
             try:
@@ -102,7 +103,7 @@ class SynthesisPipeline:
     async def call(self, stage: str, method: Any, *args: Any) -> Any:
         """`await method.remote(*args)` on a stage's handle, made again while the stage's replica is
         gone (see the module docstring)."""
-        recovery = ReplicaRecovery(stage)
+        recovery = ReplicaRecovery(stage, self.recovery_timeout_s)
         while True:
             response = method.remote(*args)
             try:

@@ -23,5 +23,6 @@ def build_app(args: Settings) -> Application:
     settings = Settings(**given).resolved()
     frontend = TextFrontendDeployment.bind(settings)
     llm = SpeechTokenLLM.bind(settings)
-    pipeline = SynthesisPipeline.bind(frontend, llm, FlowDecoder.bind(settings), Vocoder.bind(settings))
+    pipeline = SynthesisPipeline.bind(frontend, llm, FlowDecoder.bind(settings), Vocoder.bind(settings),
+                                      recovery_timeout_s=settings.replica_recovery_timeout_s)
     return ApiIngress.bind(settings, frontend, pipeline)

@@ -2,8 +2,14 @@
 
 A pure ASGI middleware: a body whose `Content-Length` is over the limit is refused before a
 byte of it is read; a chunked body is counted as it is received and refused as soon as it
-passes the limit. Either way the answer is 413 in the API's error shape with `Connection:
-close`, so the server stops reading the rest.
+passes the limit. Either way the answer is 413 in the API's error shape. The connection stays
+open: the HTTP server discards the rest of the body unread, and a client that insists on
+sending it all before it reads (most do) still gets the 413 rather than a broken connection.
+
+The ingress applies it, and so should Ray Serve's HTTP proxy, which otherwise buffers every byte
+a client sends, however fast, before a replica reads it:
+`RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve_app.api.body_limit:proxy_middlewares` in the
+environment Ray starts from (`make serve` and `serve_app.local` set it).
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from serve_app.api.errors import error_body
+from serve_app.api.errors import error_body, request_id
 from tts_core.limits import MAX_BODY_BYTES, MAX_MULTIPART_BODY_BYTES
 
 
@@ -19,6 +25,18 @@ def body_limit(scope: dict[str, Any]) -> int:
     """Multipart bodies carry uploads; every other body is JSON or a small form."""
     content_type = dict(scope.get("headers") or ()).get(b"content-type", b"").lower()
     return MAX_MULTIPART_BODY_BYTES if content_type.startswith(b"multipart/form-data") else MAX_BODY_BYTES
+
+
+#: The environment variable through which Ray Serve's proxy takes middlewares, and the value that installs this one.
+PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+PROXY_CALLBACK = "serve_app.api.body_limit:proxy_middlewares"
+
+
+def proxy_middlewares() -> list[Any]:
+    """The middlewares of Ray Serve's HTTP proxy (called there through `PROXY_CALLBACK_ENV`)."""
+    from starlette.middleware import Middleware
+
+    return [Middleware(RequestBodyLimit)]
 
 
 class _BodyTooLarge(Exception):
@@ -65,10 +83,11 @@ class RequestBodyLimit:
         try:
             await self.app(scope, counting_receive, guarded_send)
         except Exception:
-            if not exceeded:
+            if not exceeded or started:
                 raise
-            if not started:
-                await self._refuse(scope, send, limit)
+        # Also when the app gave up without answering (Serve's proxy, whose reads run in a task of their own).
+        if exceeded and not started:
+            await self._refuse(scope, send, limit)
 
     @staticmethod
     async def _refuse(scope: dict, send: Any, limit: int) -> None:
@@ -78,5 +97,5 @@ class RequestBodyLimit:
                                      limit_bytes=limit)).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+                                (b"x-request-id", request_id(scope).encode())]})
         await send({"type": "http.response.body", "body": body})

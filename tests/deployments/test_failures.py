@@ -9,7 +9,6 @@ import time
 import pytest
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 
-from deployments import failures
 from deployments.failures import ReplicaRecovery, StageUnavailableError, replica_gone, root_cause
 from deployments.pipeline import SynthesisPipeline
 from tts_core.wire import FrontendError, SpeechTokenRequest
@@ -96,35 +95,30 @@ class FakeMethod:
 
 
 def pipeline_with(llm=None) -> SynthesisPipeline:
-    return SynthesisPipeline.func_or_class(frontend=None, llm=llm, flow=None, vocoder=None)
+    return SynthesisPipeline.func_or_class(frontend=None, llm=llm, flow=None, vocoder=None, recovery_timeout_s=1.0)
 
 
-@pytest.fixture
-def short_recovery(monkeypatch):
-    monkeypatch.setattr(failures, "RECOVERY_TIMEOUT_S", 1.0)
-
-
-def test_a_stage_call_is_made_again_until_a_replica_answers(short_recovery) -> None:
+def test_a_stage_call_is_made_again_until_a_replica_answers() -> None:
     method = FakeMethod(ActorDiedError(), ActorUnavailableError("The actor is restarting", None), "mel")
     assert asyncio.run(pipeline_with().call("flow", method, [1, 2, 3])) == "mel"
     assert method.calls == 3
 
 
-def test_other_failures_are_not_retried(short_recovery) -> None:
+def test_other_failures_are_not_retried() -> None:
     method = FakeMethod(wrapped(RuntimeError("bug")), "never")
     with pytest.raises(RuntimeError):
         asyncio.run(pipeline_with().call("flow", method))
     assert method.calls == 1
 
 
-def test_a_stage_gone_for_longer_than_the_wait_fails_the_call(short_recovery) -> None:
+def test_a_stage_gone_for_longer_than_the_wait_fails_the_call() -> None:
     method = FakeMethod(*[ActorDiedError()] * 100)
     with pytest.raises(StageUnavailableError):
         asyncio.run(pipeline_with().call("vocoder", method))
     assert 2 <= method.calls < 100
 
 
-def test_a_call_waiting_for_a_replica_that_never_comes_is_bounded(short_recovery) -> None:
+def test_a_call_waiting_for_a_replica_that_never_comes_is_bounded() -> None:
     async def never():
         await asyncio.sleep(3600)
 
@@ -135,7 +129,7 @@ def test_a_call_waiting_for_a_replica_that_never_comes_is_bounded(short_recovery
     assert time.monotonic() - started < 5
 
 
-def test_a_dead_llm_replica_costs_a_delay_not_tokens(short_recovery) -> None:
+def test_a_dead_llm_replica_costs_a_delay_not_tokens() -> None:
     """The segment is generated again with the same seed; the tokens already relayed are skipped, so
     the consumer sees each token once, in order."""
     tokens = list(range(40))
