@@ -11,7 +11,7 @@ setup: .venv/.installed
 	touch $@
 
 serve: setup
-	$(VENV)/serve run serve_config.yaml
+	RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve_app.api.body_limit:proxy_middlewares $(VENV)/serve run serve_config.yaml
 
 test: setup
 	$(VENV)/ruff check .

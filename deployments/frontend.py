@@ -8,7 +8,7 @@ from ray import serve
 from deployments.metrics import StageLoad
 from deployments.model_stage import load_stage
 from tts_core.settings import Settings
-from tts_core.wire import FrontendError, VoiceFeatures
+from tts_core.wire import VoiceFeatures
 from tts_model.frontend import END_OF_PROMPT, TextFrontend, VoiceFeatureExtractor, voice_from_spk2info
 
 
@@ -31,10 +31,7 @@ class TextFrontendDeployment:
     def text_segments(self, text: str) -> list[list[int]]:
         """Normalise and split `text`; one token list per segment the model speaks in one go."""
         with self.load:
-            segments = [tokens for tokens in map(self.text.tokenize, self.text.normalize(text)) if tokens]
-        if not segments:
-            raise FrontendError("text has nothing to speak")
-        return segments
+            return self.text.segments(text)
 
     def instruction_tokens(self, instruct_text: str) -> list[int]:
         """CosyVoice2's instruct prompt: the instruction, then the end-of-prompt token."""

@@ -128,38 +128,38 @@ class SpeechTokenLLM:
                 self.loop.call_soon_threadsafe(_deliver, deliveries)
 
     def _step_all(self) -> list[tuple[asyncio.Queue, _Item]]:
-        """One token for every active sequence; returns what each sequence's queue gets."""
-        batch = list(self.sequences.items())
+        """One token for every active sequence; returns what each sequence's queue gets.
+
+        The decoder fails a broken sequence alone (the others step on as if it had never joined);
+        should a step fail as a whole, this batch's requests fail and the thread serves the next ones.
+        """
+        batch = list(self.sequences.values())
         try:
-            tokens = self.decoder.step_batch([sequence.state for _, sequence in batch])
-            results: list[tuple[int, int | None, BaseException | None]] = [
-                (sequence_id, token, None) for (sequence_id, _), token in zip(batch, tokens, strict=True)]
-        except Exception:
-            logger.exception("batched decoding step failed; retrying the sequences one by one")
-            results = []
-            for sequence_id, sequence in batch:
-                try:
-                    results.append((sequence_id, self.decoder.step(sequence.state), None))
-                except Exception as exc:  # one broken sequence must not stop the others
-                    logger.exception("speech-token decoding failed")
-                    results.append((sequence_id, None, exc))
+            tokens = self.decoder.step_batch([sequence.state for sequence in batch])
+        except Exception as exc:
+            logger.exception("speech-token decoding step failed")
+            tokens = [None] * len(batch)
+            for sequence in batch:
+                sequence.state.fail(exc)
         deliveries: list[tuple[asyncio.Queue, _Item]] = []
         emitted = 0
-        for sequence_id, token, error in results:
-            sequence = self.sequences[sequence_id]
-            if error is not None:
-                deliveries.append((sequence.queue, error))
-                del self.sequences[sequence_id]
+        for sequence, token in zip(batch, tokens, strict=True):
+            state = sequence.state
+            if state.error is not None:
+                logger.error("speech-token decoding failed for sequence %d", sequence.sequence_id,
+                             exc_info=state.error)
+                deliveries.append((sequence.queue, state.error))
+                del self.sequences[sequence.sequence_id]
                 continue
             if token is not None:
                 emitted += 1
                 if sequence.stream:
                     deliveries.append((sequence.queue, [token]))
-            if sequence.state.finished:
+            if state.finished:
                 if not sequence.stream:
-                    deliveries.append((sequence.queue, list(sequence.state.out_tokens)))
+                    deliveries.append((sequence.queue, list(state.out_tokens)))
                 deliveries.append((sequence.queue, None))
-                del self.sequences[sequence_id]
+                del self.sequences[sequence.sequence_id]
         if emitted:
             self.tokens_generated += emitted
             metric("cosyvoice_llm_tokens_total").inc(emitted)

@@ -31,10 +31,10 @@ def bind_app(settings: Settings, deployment_options: Mapping[str, Mapping[str, A
     a serve config's `deployments` entries do where the app is run from Python (tests, benchmarks)."""
     options = deployment_options or {}
 
-    def bind(deployment: Deployment, *args: Any) -> Application:
-        return deployment.options(**options.get(deployment.name, {})).bind(*args)
+    def bind(deployment: Deployment, *args: Any, **kwargs: Any) -> Application:
+        return deployment.options(**options.get(deployment.name, {})).bind(*args, **kwargs)
 
     frontend = bind(TextFrontendDeployment, settings)
     pipeline = bind(SynthesisPipeline, frontend, bind(SpeechTokenLLM, settings), bind(FlowDecoder, settings),
-                    bind(Vocoder, settings))
+                    bind(Vocoder, settings), recovery_timeout_s=settings.replica_recovery_timeout_s)
     return bind(ApiIngress, settings, frontend, pipeline)

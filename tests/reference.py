@@ -5,9 +5,15 @@ and audio from upstream's `CosyVoice2Model.token2wav` with its chunk schedule an
 as `CosyVoice2Model.tts` drives them. The service adds one convention to make runs reproducible:
 the LLM's sampling is seeded per text segment and HiFT's noise per chunk (`segment_seed`,
 `chunk_seed`); the reference seeds torch's global RNG the same way at the same points.
+
+The installed `cosyvoice` is an older snapshot; where current upstream changed the computation
+the reference follows current upstream (`current_upstream_sampling_ids`).
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -22,6 +28,34 @@ def upstream_frontend(model):
                              str(model.model_dir / "speech_tokenizer_v2.onnx"), str(model.model_dir / "spk2info.pt"))
 
 
+@contextlib.contextmanager
+def current_upstream_sampling_ids(llm) -> Iterator[None]:
+    """Current upstream's `Qwen2LM.sampling_ids`, which masks end-of-speech while it is not allowed
+    (the installed snapshot resamples up to 100 times, then raises)."""
+    def sampling_ids(weighted_scores, decoded_tokens, sampling, ignore_eos=True):
+        if ignore_eos:
+            weighted_scores[llm.speech_token_size] = -float("inf")
+        return llm.sampling(weighted_scores, decoded_tokens, sampling)
+
+    llm.sampling_ids = sampling_ids
+    try:
+        yield
+    finally:
+        del llm.sampling_ids
+
+
+def upstream_llm_tokens(llm, text, prompt_text, prompt_speech_token, seed: int) -> list[int]:
+    """Upstream `Qwen2LM.inference` after `torch.manual_seed(seed)`."""
+    torch.manual_seed(seed)
+    with current_upstream_sampling_ids(llm):
+        return list(llm.inference(
+            text=text, text_len=torch.tensor([text.shape[1]], dtype=torch.int32), prompt_text=prompt_text,
+            prompt_text_len=torch.tensor([prompt_text.shape[1]], dtype=torch.int32),
+            prompt_speech_token=prompt_speech_token,
+            prompt_speech_token_len=torch.tensor([prompt_speech_token.shape[1]], dtype=torch.int32),
+            embedding=torch.zeros(0, 192)))
+
+
 def upstream_tts(model, model_input: dict, stream: bool, seed: int, segment: int = 0, speed: float = 1.0) -> list:
     """Upstream `CosyVoice2Model.tts` for one segment, run deterministically; returns the chunks."""
     from cosyvoice.cli.model import CosyVoice2Model
@@ -34,12 +68,7 @@ def upstream_tts(model, model_input: dict, stream: bool, seed: int, segment: int
     prompt_feat = model_input.get("prompt_speech_feat", torch.zeros(1, 0, 80))
     embedding = model_input["flow_embedding"]
 
-    torch.manual_seed(segment_seed(seed, segment))
-    tokens = list(model.llm.inference(
-        text=text, text_len=torch.tensor([text.shape[1]], dtype=torch.int32), prompt_text=prompt_text,
-        prompt_text_len=torch.tensor([prompt_text.shape[1]], dtype=torch.int32), prompt_speech_token=llm_prompt_speech,
-        prompt_speech_token_len=torch.tensor([llm_prompt_speech.shape[1]], dtype=torch.int32),
-        embedding=torch.zeros(0, 192)))
+    tokens = upstream_llm_tokens(model.llm, text, prompt_text, llm_prompt_speech, segment_seed(seed, segment))
 
     upstream = CosyVoice2Model(None, model.flow, model.hift)
     uuid = "reference"

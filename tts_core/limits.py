@@ -16,6 +16,10 @@ MIN_PROMPT_SECONDS = 0.5
 MAX_PROMPT_SECONDS = 30.0
 #: Largest uploaded voice sample or prompt recording.
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+#: Largest request body: a multipart upload (the file, its form fields and framing), and any other
+#: body (JSON or a url-encoded form, whose longest field is a few KB).
+MAX_MULTIPART_BODY_BYTES = MAX_UPLOAD_BYTES + 1024 * 1024
+MAX_BODY_BYTES = 256 * 1024
 
 #: Every timestamp the API reports: ISO-8601 UTC with microseconds.
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"

@@ -10,13 +10,14 @@ from fastapi import FastAPI
 
 from serve_app import __version__
 from serve_app.api import audio, synthesis, system, tasks, voices
+from serve_app.api.body_limit import RequestBodyLimit
 from serve_app.api.errors import install_error_handlers
 from serve_app.api.middleware import SynthesisRequestMetrics
 from serve_app.serving.state import ServiceState
 
 DESCRIPTION = """CosyVoice2 text-to-speech: a voice registry, synchronous and streaming synthesis in four
 modes (sft, zero-shot, cross-lingual, instruct), asynchronous tasks and audio downloads.
-Every error has the body `{"error": code, "message": text, "details": {"path": ...}}`."""
+Every error has the body `{"error": code, "message": text, "details": {"path": ..., "request_id": ...}}`."""
 
 
 def create_api(state: ServiceState) -> FastAPI:
@@ -33,7 +34,8 @@ def create_api(state: ServiceState) -> FastAPI:
                   redirect_slashes=False)
     app.state.services = state
     install_error_handlers(app)
-    app.add_middleware(SynthesisRequestMetrics)
+    app.add_middleware(RequestBodyLimit)
+    app.add_middleware(SynthesisRequestMetrics)  # added last: outermost, so it also counts refused bodies
     for module in (system, voices, synthesis, tasks, audio):
         app.include_router(module.router)
     return app

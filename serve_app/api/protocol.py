@@ -102,10 +102,11 @@ class PretrainedVoices(BaseModel):
 class SynthesisOptions(BaseModel):
     text: str = Field(max_length=MAX_TEXT_CHARS,
                       description=f"Text to speak (at most {MAX_TEXT_CHARS} chars, not blank).")
-    speed: float = Field(1.0, ge=0.5, le=2.0, description="Speaking rate, 0.5-2.0.")
+    # Strict numbers: `true` or `"1.5"` is a wrong type (422), not a number.
+    speed: float = Field(1.0, ge=0.5, le=2.0, strict=True, description="Speaking rate, 0.5-2.0.")
     format: AudioFormat = Field(AudioFormat.wav, description="Output format (streaming supports wav only).")
     stream: bool = Field(False, description="Stream chunked audio/wav as it is produced instead of JSON.")
-    seed: int | None = Field(None, ge=0, le=2**31 - 1,
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, strict=True,
                              description="Sampling seed; the same seed and inputs give the same audio.")
 
 

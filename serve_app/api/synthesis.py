@@ -44,7 +44,7 @@ FORM_CHECKS = [Depends(reject_blank_form_text)]
 
 async def respond(service: SynthesisService, job, fmt: AudioFormat, stream: bool):
     if stream:
-        return StreamingResponse(service.stream_wav(job), media_type="audio/wav")
+        return StreamingResponse(await service.stream_wav(job), media_type="audio/wav")
     return await service.to_file(job, fmt.value)
 
 

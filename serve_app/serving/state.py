@@ -33,7 +33,7 @@ class ServiceState:
         self.model_info = model_info
         self.outputs = BlobStore(settings.output_store_uri)
         self.voices = VoiceService(store, frontend, pretrained)
-        self.synthesis = SynthesisService(pipeline, self.voices, self.outputs, model_info["sample_rate"])
+        self.synthesis = SynthesisService(pipeline, frontend, self.voices, self.outputs, model_info["sample_rate"])
 
     @classmethod
     async def create(cls, settings: Settings, frontend: Any, pipeline: Any) -> ServiceState:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import struct
+import time
 import uuid
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -199,3 +200,45 @@ def check_audio(data: bytes, fmt: str, duration: float | None = None, rate: int 
     if duration is not None:
         assert abs(len(samples) / rate - duration) <= 1e-3, (len(samples) / rate, duration)
     return samples
+
+
+def post_large_body(base_url: str, path: str, size: int, content_type: str, chunked: bool, prefix: bytes = b"",
+                    timeout_s: float = 60.0, piece: int = 1 << 20) -> tuple[int | None, bytes, int]:
+    """POST a body of `size` bytes, `prefix` then spaces generated as they are sent, and stop sending as
+    soon as the server answers (as a careful client does; httpx would insist on sending it all first).
+
+    Returns the status (None if there was no answer), the response bytes and the body bytes sent.
+    """
+    import select
+    import socket
+
+    host, port = urlsplit(base_url).hostname, urlsplit(base_url).port
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {size}"
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n{framing}\r\n"
+            "Connection: close\r\n\r\n").encode()
+    data, sent, reply = b" " * piece, 0, b""
+    deadline = time.monotonic() + timeout_s
+    with socket.create_connection((host, port), timeout=timeout_s) as connection:
+        connection.sendall(head)
+        try:
+            while sent < size and time.monotonic() < deadline:
+                if select.select([connection], [], [], 0)[0]:
+                    break  # the server answered before the body ended
+                chunk = prefix if sent == 0 and prefix else data[: min(piece, size - sent)]
+                connection.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                sent += len(chunk)
+            else:
+                if chunked and sent >= size:
+                    connection.sendall(b"0\r\n\r\n")
+        except OSError:  # the server closed the connection while the body was still coming
+            pass
+        while time.monotonic() < deadline:
+            try:
+                more = connection.recv(65536)
+            except OSError:
+                break
+            if not more:
+                break
+            reply += more
+    status = int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/1.1 ") else None
+    return status, reply, sent
