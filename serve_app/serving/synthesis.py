@@ -3,30 +3,32 @@ pipeline, then stream the PCM out or encode and store the file."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import UploadFile
 
 from serve_app.api.errors import ApiError, invalid_request
 from serve_app.serving.voices import VoiceService
-from tts_core.audio import AudioError, pcm16_bytes, soundfile_container, streaming_wav_header
+from tts_core import stream_encoding
+from tts_core.audio import AudioError
 from tts_core.modes import SynthesisMode
 from tts_core.rendering import render_to_store
 from tts_core.storage.blobs import BlobStore
+from tts_core.stream_encoding import StreamEncoder
 from tts_core.tasks import RenderedAudio
-from tts_core.wire import FrontendError, SynthesisJob
+from tts_core.wire import FrontendError, SynthesisChunk, SynthesisJob
 
 logger = logging.getLogger("ray.serve")
 
+
 def check_output_format(fmt: str, stream: bool) -> None:
     """Refuse formats that cannot be produced before any work starts."""
-    if stream and fmt != "wav":
-        raise ApiError(400, "unsupported_format", f"streaming produces wav only, not {fmt}")
     try:
-        soundfile_container(fmt)
+        stream_encoding.check_output_format(fmt, stream)
     except AudioError as exc:
         raise ApiError(400, exc.code, exc.message) from exc
 
@@ -87,12 +89,21 @@ class SynthesisService:
             raise synthesis_failed(exc) from exc
         return result_body(job.mode, rendered)
 
-    async def stream_wav(self, job: SynthesisJob) -> AsyncIterator[bytes]:
-        """A WAV header of unknown length, then PCM as each chunk leaves the vocoder.
+    async def stream(self, job: SynthesisJob, fmt: str,
+                     on_chunk: Callable[[SynthesisChunk], None] | None = None) -> AsyncIterator[bytes]:
+        """`fmt` encoded as each chunk leaves the vocoder (a WAV header first, before any audio).
 
         If the client disconnects, closing this generator cancels the pipeline call, which
         cancels the LLM's stream: generation stops.
         """
-        yield streaming_wav_header(self.sample_rate)
+        encoder = StreamEncoder(fmt, self.sample_rate)
+        if header := encoder.start():
+            yield header
         async for chunk in self.pipeline.options(stream=True).synthesize.remote(job):
-            yield pcm16_bytes(chunk.pcm)
+            if on_chunk is not None:
+                on_chunk(chunk)
+            # Off the event loop: a codec costs milliseconds per chunk, which other requests would wait for.
+            if data := await asyncio.to_thread(encoder.encode, chunk.pcm):
+                yield data
+        if tail := await asyncio.to_thread(encoder.finish):
+            yield tail
