@@ -17,6 +17,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.metrics import StageLoad, metric
+from deployments.replica_logging import quiet_health_checks
 from tts_core.modes import SynthesisMode, mode_inputs
 from tts_core.wire import FlowPrompt, SpeechTokenRequest, SynthesisChunk, SynthesisJob, VocoderCache
 from tts_model.chunk_schedule import ChunkPlan, StreamPlanner, chunk_seed, segment_seed
@@ -26,6 +27,7 @@ from tts_model.chunk_schedule import ChunkPlan, StreamPlanner, chunk_seed, segme
 class SynthesisPipeline:
     def __init__(self, frontend: DeploymentHandle, llm: DeploymentHandle,
                  flow: DeploymentHandle, vocoder: DeploymentHandle):
+        quiet_health_checks()
         self.frontend, self.llm, self.flow, self.vocoder = frontend, llm, flow, vocoder
         self.sample_rate: int | None = None
         self.load = StageLoad("pipeline")
