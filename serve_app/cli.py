@@ -40,6 +40,10 @@ BENCH_COMMANDS = {
     "bench-chunk-cost": ("benchmarks.chunks", "time each streamed flow chunk of one growing utterance",
                          "Decode one growing utterance chunk by chunk as streaming does, recomputing from the "
                          "start and incrementally; print each chunk's cost, then one JSON line."),
+    "bench-first-byte": ("benchmarks.first_byte", "time to the first audio byte of each output format, per route",
+                         "Send requests one at a time to each route (OpenAI speech as audio and as events, sft "
+                         "streamed and as a file) in each output format; print the median time to the first audio "
+                         "byte and to the end of the response, then one JSON line."),
 }
 
 
