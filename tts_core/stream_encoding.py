@@ -37,7 +37,7 @@ _FFMPEG_FORMATS = {
     "aac": _FFmpegFormat("adts", "aac", 64_000),
     "flac": _FFmpegFormat("flac", "flac"),
 }
-#: Formats whose files are written whole by libsndfile, with their lengths in the header.
+#: Formats whose files `encode_audio` writes whole, with their lengths in the header.
 _WHOLE_FILE_FORMATS = ("wav", "mp3", "flac")
 
 
