@@ -1,6 +1,7 @@
 """`cosyvoice-serve bench-first-byte`: how soon each output format's first audio bytes arrive, per route
 (the OpenAI speech route, streamed as audio and as events; the service's own sft route, streamed and
-as a file), one request at a time on a quiet service. Prints a table, then one JSON line."""
+as a file), one request at a time on a quiet service; and what each format's encoder costs, in this
+process. Prints two tables, then one JSON line."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ import time
 from dataclasses import dataclass
 
 import httpx
+import numpy as np
 
 from benchmarks.options import add_common_arguments, model_options, positive_int
 from benchmarks.service import REQUEST_TIMEOUT, SFT_PATH, WAV_HEADER_BYTES, LocalService, pick_voice, wait_ready
 from benchmarks.workload import percentile
-from tts_core.stream_encoding import OUTPUT_FORMATS
+from tts_core.stream_encoding import OUTPUT_FORMATS, StreamEncoder
 
 TEXT = "Hello, how are you today? This is a short test of streamed speech in every format."
 OPENAI_PATH = "/v1/audio/speech"
@@ -97,6 +99,24 @@ def report(cells: list[Cell]) -> str:
     return "\n".join(lines)
 
 
+def encoder_cost_ms(fmt: str, rate: int = 24000, seconds: int = 10, repeats: int = 3) -> float:
+    """Milliseconds of encoding per second of audio (the best of `repeats`), fed one-second chunks of a
+    harmonic tone with noise, as a stream is."""
+    t = np.arange(seconds * rate) / rate
+    audio = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2
+             + 0.01 * np.random.default_rng(0).standard_normal(t.size)).astype(np.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        encoder = StreamEncoder(fmt, rate)
+        encoder.start()
+        for chunk in np.split(audio, seconds):
+            encoder.encode(chunk)
+        encoder.finish()
+        best = min(best, (time.perf_counter() - started) / seconds * 1000)
+    return best
+
+
 def run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         if args.url:
@@ -106,8 +126,12 @@ def run(args: argparse.Namespace) -> int:
             base_url = stack.enter_context(LocalService(options.model_dir, options.dtype,
                                                         options.torch_threads)).base_url
         cells = asyncio.run(measure(base_url, args.requests, args.seed, args.voice))
+    costs = {fmt: round(encoder_cost_ms(fmt), 2) for fmt in OUTPUT_FORMATS}
     print(report(cells))
+    print("\n| format | encoder, ms per second of audio |\n|---|---|")
+    print("\n".join(f"| {fmt} | {cost:.1f} |" for fmt, cost in costs.items()))
     print(json.dumps({"first_byte": [{"route": cell.route, "format": cell.format, "streamed": cell.streamed,
                                       "first_audio_p50_s": round(percentile(cell.first_audio_s, 50), 4),
-                                      "total_p50_s": round(percentile(cell.total_s, 50), 4)} for cell in cells]}))
+                                      "total_p50_s": round(percentile(cell.total_s, 50), 4)} for cell in cells],
+                      "encoder_ms_per_audio_s": costs}))
     return 0

@@ -87,6 +87,7 @@ def test_first_byte_command_and_table() -> None:
                                                          "| sft file | wav | no (file) | 900 ms | 900 ms |"]
     assert first_byte.request_body("openai (sse)", "opus", "v", 3)["stream_format"] == "sse"
     assert first_byte.request_body("sft file", "aac", "v", 3)["stream"] is False
+    assert 0 < first_byte.encoder_cost_ms("mp3", seconds=2, repeats=1) < 1000
 
 
 def test_each_bench_command_says_how_to_install_the_benchmark(monkeypatch: pytest.MonkeyPatch) -> None:
