@@ -27,6 +27,7 @@ for _name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
 import torch  # noqa: E402
 
 from deployments.core_budget import CoreBudget  # noqa: E402
+from deployments.replica_logging import quiet_health_checks  # noqa: E402
 from tts_core.settings import Settings  # noqa: E402
 from tts_model.default_model import resolve_model_dir  # noqa: E402
 from tts_model.loader import DTYPES, CosyVoice2Model, Part, load_model  # noqa: E402
@@ -43,6 +44,7 @@ def load_stage(settings: Settings, parts: list[Part], device: str | None = None)
     fractional CPUs OMP_NUM_THREADS=1, so torch's thread count is set explicitly (with
     `torch_threads: 0`, per forward pass by the replica's `core_budget`).
     """
+    quiet_health_checks()
     torch.set_num_threads(settings.torch_threads or 1)
     model_dir, is_twin = resolve_model_dir(settings.model_dir, settings.model_cache_dir)
     if is_twin:

@@ -25,6 +25,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.failures import ReplicaRecovery, replica_gone
 from deployments.metrics import StageLoad, metric
+from deployments.replica_logging import quiet_health_checks
 from tts_core.modes import SynthesisMode, mode_inputs
 from tts_core.wire import FlowPrompt, SpeechTokenRequest, SynthesisChunk, SynthesisJob, VocoderCache
 from tts_model.chunk_schedule import ChunkPlan, StreamPlanner, chunk_seed, segment_seed
@@ -34,6 +35,7 @@ from tts_model.chunk_schedule import ChunkPlan, StreamPlanner, chunk_seed, segme
 class SynthesisPipeline:
     def __init__(self, frontend: DeploymentHandle, llm: DeploymentHandle,
                  flow: DeploymentHandle, vocoder: DeploymentHandle, recovery_timeout_s: float = 30.0):
+        quiet_health_checks()
         self.frontend, self.llm, self.flow, self.vocoder = frontend, llm, flow, vocoder
         self.recovery_timeout_s = recovery_timeout_s
         self.sample_rate: int | None = None

@@ -45,6 +45,10 @@ BENCH_COMMANDS = {
                             "replicas; print how each replica decoded the streamed chunks (from the stream's kept "
                             "state, or from the start for want of it) and the flow time per chunk, then one JSON "
                             "line."),
+    "bench-first-byte": ("benchmarks.first_byte", "time to the first audio byte of each output format, per route",
+                         "Send requests one at a time to each route (OpenAI speech as audio and as events, sft "
+                         "streamed and as a file) in each output format; print the median time to the first audio "
+                         "byte and to the end of the response, then one JSON line."),
 }
 
 

@@ -7,6 +7,12 @@ from datetime import UTC, datetime
 
 #: Longest text one synthesis request may carry.
 MAX_TEXT_CHARS = 1000
+#: Longest `input` of the OpenAI speech route, as OpenAI's API defines it.
+MAX_OPENAI_INPUT_CHARS = 4096
+#: Longest instruction of instruct mode.
+MAX_INSTRUCT_CHARS = 500
+#: Speaking rates the model produces (the vocoder stretches the mel by 1/speed).
+MIN_SPEED, MAX_SPEED = 0.5, 2.0
 #: Voice ids: letters, digits, `_` and `-`, 1-64 characters.
 VOICE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 VOICE_ID_RE = re.compile(VOICE_ID_PATTERN)

@@ -6,8 +6,9 @@ Every check a request can fail runs before it is accepted: an async task is crea
 
 from __future__ import annotations
 
+import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import UploadFile
@@ -15,20 +16,20 @@ from fastapi import UploadFile
 from deployments.failures import replica_gone, root_cause
 from serve_app.api.errors import ApiError, invalid_request, service_unavailable
 from serve_app.serving.voices import VoiceService
-from tts_core.audio import AudioError, pcm16_bytes, soundfile_container, streaming_wav_header
+from tts_core import stream_encoding
+from tts_core.audio import AudioError
 from tts_core.modes import SynthesisMode
 from tts_core.rendering import render_to_store
 from tts_core.storage.blobs import BlobStore
+from tts_core.stream_encoding import StreamEncoder
 from tts_core.tasks import RenderedAudio
 from tts_core.wire import FrontendError, SynthesisChunk, SynthesisJob
 
 
 def check_output_format(fmt: str, stream: bool) -> None:
     """Refuse formats that cannot be produced before any work starts."""
-    if stream and fmt != "wav":
-        raise ApiError(400, "unsupported_format", f"streaming produces wav only, not {fmt}")
     try:
-        soundfile_container(fmt)
+        stream_encoding.check_output_format(fmt, stream)
     except AudioError as exc:
         raise ApiError(400, exc.code, exc.message) from exc
 
@@ -98,8 +99,9 @@ class SynthesisService:
             raise synthesis_failed(exc) from exc
         return result_body(job.mode, rendered)
 
-    async def stream_wav(self, job: SynthesisJob) -> AsyncIterator[bytes]:
-        """A WAV header of unknown length, then PCM as each chunk leaves the vocoder.
+    async def stream(self, job: SynthesisJob, fmt: str,
+                     on_chunk: Callable[[SynthesisChunk], None] | None = None) -> AsyncIterator[bytes]:
+        """`fmt` encoded as each chunk leaves the vocoder (a WAV header first, before any audio).
 
         The first chunk is awaited before this returns, so a synthesis that fails before any
         audio exists is an error response rather than a 200 cut short. A failure after that can
@@ -111,12 +113,20 @@ class SynthesisService:
             first = await anext(chunks, None)
         except Exception as exc:
             raise synthesis_failed(exc) from exc
-        return self._wav_stream(first, chunks)
+        return self._encoded(first, chunks, StreamEncoder(fmt, self.sample_rate), on_chunk)
 
-    async def _wav_stream(self, first: SynthesisChunk | None, chunks: AsyncIterator[SynthesisChunk]
-                          ) -> AsyncIterator[bytes]:
-        yield streaming_wav_header(self.sample_rate)
-        if first is not None:
-            yield pcm16_bytes(first.pcm)
-            async for chunk in chunks:
-                yield pcm16_bytes(chunk.pcm)
+    @staticmethod
+    async def _encoded(first: SynthesisChunk | None, chunks: AsyncIterator[SynthesisChunk], encoder: StreamEncoder,
+                       on_chunk: Callable[[SynthesisChunk], None] | None) -> AsyncIterator[bytes]:
+        if header := encoder.start():
+            yield header
+        pending = first
+        while pending is not None:
+            if on_chunk is not None:
+                on_chunk(pending)
+            # Off the event loop: a codec costs milliseconds per chunk, which other requests would wait for.
+            if data := await asyncio.to_thread(encoder.encode, pending.pcm):
+                yield data
+            pending = await anext(chunks, None)
+        if tail := await asyncio.to_thread(encoder.finish):
+            yield tail

@@ -75,6 +75,21 @@ def test_bench_commands_share_the_model_options() -> None:
             parser.parse_args(bad)
 
 
+def test_first_byte_command_and_table() -> None:
+    from benchmarks import first_byte
+    from serve_app.cli import build_parser
+
+    args = build_parser().parse_args(["bench-first-byte", "--url", "http://127.0.0.1:1", "--requests", "2"])
+    assert (args.url, args.requests, args.handler) == ("http://127.0.0.1:1", 2, first_byte.run)
+    cells = [first_byte.Cell("sft stream", "mp3", True, [0.3, 0.1, 0.2], [1.0, 1.2, 1.1]),
+             first_byte.Cell("sft file", "wav", False, [0.9], [0.9])]
+    assert first_byte.report(cells).splitlines()[2:] == ["| sft stream | mp3 | yes | 200 ms | 1100 ms |",
+                                                         "| sft file | wav | no (file) | 900 ms | 900 ms |"]
+    assert first_byte.request_body("openai (sse)", "opus", "v", 3)["stream_format"] == "sse"
+    assert first_byte.request_body("sft file", "aac", "v", 3)["stream"] is False
+    assert 0 < first_byte.encoder_cost_ms("mp3", seconds=2, repeats=1) < 1000
+
+
 def test_each_bench_command_says_how_to_install_the_benchmark(monkeypatch: pytest.MonkeyPatch) -> None:
     from serve_app import cli
 

@@ -15,6 +15,7 @@ import numpy as np
 import soundfile as sf
 
 from tests.audio_samples import m4a_bytes
+from tts_core.audio import MEDIA_TYPES
 
 MODEL_RATE = 24000
 PRETRAINED = ("pretrained_voice_001", "pretrained_voice_002")
@@ -150,8 +151,7 @@ def download(client: httpx.Client, body: dict[str, Any]) -> bytes:
     """Fetch the file a synthesis answer points to, checking its content type."""
     response = client.get(body["audio_url"])
     assert response.status_code == 200, response.text
-    media = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac"}[body["format"]]
-    assert response.headers["content-type"].split(";")[0] == media
+    assert response.headers["content-type"].split(";")[0] == MEDIA_TYPES[body["format"]]
     return response.content
 
 
