@@ -1,8 +1,9 @@
 """`serve run serve_config.yaml` through the real CLI with Ray's token authentication on, `serve status`
-reading it the way the README says, and autoscaling observed under a burst."""
+reading it the way the README says, API keys required end to end, and autoscaling observed under a burst."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -15,12 +16,15 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 import yaml
 
 from serve_app.local import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "sk-serve-run-test"
+KEY_HEADER = {"Authorization": f"Bearer {API_KEY}"}
 BURST_TEXT = " ".join(["This sentence is one of many that together make a long text for the model to read."] * 8)
 
 
@@ -50,6 +54,7 @@ def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     token_file.write_text(secrets.token_hex(32))
     env = {key: value for key, value in os.environ.items() if not key.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
     env["RAY_AUTH_TOKEN_PATH"] = str(token_file)
+    env["COSYVOICE_API_KEY_HASHES"] = hashlib.sha256(API_KEY.encode()).hexdigest()
     log = (work / "serve.log").open("w")
     process = subprocess.Popen([serve_cli, "run", "--address", "local", str(config_path)], cwd=work, env=env,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -102,9 +107,18 @@ def llm_replicas(served: dict) -> int:
 def test_serve_run_serves_the_api(served) -> None:
     health = httpx.get(f"{served['base_url']}/health", timeout=30).json()
     assert health["status"] == "healthy" and all(health["stages"].values())
-    response = httpx.post(f"{served['base_url']}/api/v1/synthesize/sft", timeout=120,
-                          json={"text": "Hello, how are you today?", "voice_id": "pretrained_voice_001"})
+    body = {"text": "Hello, how are you today?", "voice_id": "pretrained_voice_001"}
+    refused = httpx.post(f"{served['base_url']}/api/v1/synthesize/sft", timeout=120, json=body)
+    assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+    response = httpx.post(f"{served['base_url']}/api/v1/synthesize/sft", timeout=120, json=body, headers=KEY_HEADER)
     assert response.status_code == 200 and response.json()["duration"] > 0
+    # An OpenAI client with the key, and one with a wrong key.
+    with openai.OpenAI(base_url=served["base_url"] + "/v1", api_key=API_KEY, max_retries=0, timeout=120) as client:
+        assert client.audio.speech.create(model="tts-1", voice="alloy", input="Hello.").content.startswith(b"ID3")
+    with openai.OpenAI(base_url=served["base_url"] + "/v1", api_key="sk-wrong", max_retries=0, timeout=60) as client:
+        with pytest.raises(openai.AuthenticationError) as refused_client:
+            client.models.list()
+    assert refused_client.value.code == "invalid_api_key"
 
 
 def test_serve_status_needs_the_token(served) -> None:
@@ -125,7 +139,8 @@ def test_a_burst_scales_the_llm_up_and_back_down(served) -> None:
 
     def stream_one(seed: int) -> None:
         body = {"text": BURST_TEXT, "voice_id": "pretrained_voice_001", "stream": True, "seed": seed}
-        with httpx.stream("POST", f"{served['base_url']}/api/v1/synthesize/sft", json=body, timeout=300) as reply:
+        with httpx.stream("POST", f"{served['base_url']}/api/v1/synthesize/sft", json=body, timeout=300,
+                          headers=KEY_HEADER) as reply:
             for _ in reply.iter_raw():
                 pass
 
