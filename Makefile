@@ -1,6 +1,6 @@
 # `make serve`: set up and run the service on the default model (the tiny twin unless
 # COSYVOICE_MODEL_DIR names a real model directory). `make test`: set up and run the tests.
-.PHONY: setup serve test test-slow lint bench
+.PHONY: setup serve test test-slow test-cluster lint bench
 
 VENV := .venv/bin
 
@@ -20,6 +20,10 @@ test: setup
 
 test-slow: setup
 	$(VENV)/python -m pytest tests -m slow
+
+# The whole three-node cluster test (autoscaling and node loss included), its figures printed.
+test-cluster: setup
+	$(VENV)/python -m pytest tests/deploy/test_cluster.py -m '' -s
 
 lint: setup
 	$(VENV)/ruff check .
