@@ -21,9 +21,9 @@ test: setup
 test-slow: setup
 	$(VENV)/python -m pytest tests -m slow
 
-# The whole three-node cluster test (autoscaling and node loss included), its figures printed.
+# The three-node Ray cluster test (placement, autoscaling, node loss), its figures printed.
 test-cluster: setup
-	$(VENV)/python -m pytest tests/deploy/test_cluster.py -m '' -s
+	$(VENV)/python -m pytest tests/deploy/test_cluster.py -m cluster -s
 
 lint: setup
 	$(VENV)/ruff check .

@@ -30,6 +30,7 @@ from serve_app.local import free_port
 RAY_BIN = Path(sys.executable).parent
 #: The node label naming each node, as the cluster reports it.
 NODE_LABEL = "cosyvoice-test/node"
+START_ATTEMPTS = 3
 #: Small, so three nodes and the session's own Ray fit beside each other in shared memory.
 OBJECT_STORE_BYTES = 150 * 2**20
 
@@ -76,8 +77,8 @@ class LocalRayCluster:
 
     def start_node(self, name: str, resources: dict[str, float], num_cpus: float, head: bool = False) -> RayNode:
         """Start a node and wait until it has joined. A node whose raylet misses Ray's fixed 30 s start-up
-        deadline (a loaded machine) exits; it is started once more."""
-        for attempt in (1, 2):
+        deadline (a loaded machine) exits; it is started again, up to `START_ATTEMPTS` times."""
+        for attempt in range(1, START_ATTEMPTS + 1):
             if head:  # fresh ports: the failed head's may linger
                 self.gcs_port, self.dashboard_port = free_port(), free_port()
             node = self._launch(name, resources, num_cpus, head)
@@ -86,7 +87,7 @@ class LocalRayCluster:
                 return node
             except ChildProcessError:
                 self._stop_node(node)
-                if attempt == 2:
+                if attempt == START_ATTEMPTS:
                     raise
         raise AssertionError("unreachable")
 

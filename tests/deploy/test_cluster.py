@@ -7,8 +7,9 @@ state; and a worker node killed while requests run (its raylet, by PID) costs wh
 here, the service is whole again once a replacement node joins, and no voice or finished task is
 lost while every async task ends.
 
-The autoscaling and node-loss parts take several minutes: they are marked `cluster` and run with
-`make test-cluster`. Figures go to stdout (`-s`) and to `cluster-report.json` in the test's temp dir.
+Three Ray nodes and the deployment alone take minutes on a two-core machine, so the module is
+marked `cluster` and runs with `make test-cluster`, not in `make test`. Figures go to stdout (`-s`)
+and to `cluster-report.json` in the test's temp dir.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from serve_app.local import free_port
 from tests.deploy.ray_cluster import LocalRayCluster
 from tests.deploy.test_serve_run import BURST_TEXT
 from tests.serve_app.http_helpers import PROMPT_TEXT, download, unique_id, wav_bytes
+
+pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "cosyvoice"
@@ -185,7 +188,6 @@ def test_requests_succeed_across_nodes(cluster) -> None:
         assert len(download(client, completed_task(client))) > 44
 
 
-@pytest.mark.cluster
 def test_llm_scales_onto_the_second_worker_and_back_while_streams_keep_their_flow_replica(cluster) -> None:
     ray_cluster, report = cluster["cluster"], cluster["report"]
     before = {stats["replica"]: stats["chunks"] for stats in flow_stats(ray_cluster, 2)}
@@ -215,7 +217,6 @@ def test_llm_scales_onto_the_second_worker_and_back_while_streams_keep_their_flo
     assert chunks["cached"] > 0 and chunks["from_start"] == 0, chunks
 
 
-@pytest.mark.cluster
 def test_losing_a_worker_node_while_requests_run(cluster) -> None:
     ray_cluster, base_url, report = cluster["cluster"], cluster["base_url"], cluster["report"]
     voice_id = register_voice(base_url)
