@@ -148,11 +148,11 @@ class LocalRayCluster:
         assert result.returncode == 0, f"{' '.join(args)}:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
         return result.stdout
 
-    def replicas(self, app: str) -> dict[str, list[dict[str, Any]]]:
-        """Each deployment's replicas as the Serve controller reports them (state, node id, pid)."""
+    def deployments(self, app: str) -> dict[str, dict[str, Any]]:
+        """Each deployment as the Serve controller reports it: status, message, target_num_replicas, and
+        its replicas (state, node id, pid)."""
         details = self.get("/api/serve/applications/")
-        deployments = details.get("applications", {}).get(app, {}).get("deployments", {})
-        return {name: deployment["replicas"] for name, deployment in deployments.items()}
+        return details.get("applications", {}).get(app, {}).get("deployments", {})
 
     def kill_raylet(self, name: str) -> int:
         """SIGKILL the node's raylet, as when a machine dies; its `ray start` then tears the rest down."""
