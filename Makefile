@@ -1,6 +1,6 @@
 # `make serve`: set up and run the service on the default model (the tiny twin unless
 # COSYVOICE_MODEL_DIR names a real model directory). `make test`: set up and run the tests.
-.PHONY: setup serve status test test-slow lint bench
+.PHONY: setup serve status test test-slow test-cluster lint bench
 
 VENV := .venv/bin
 
@@ -25,6 +25,10 @@ test: setup
 
 test-slow: setup
 	$(VENV)/python -m pytest tests -m slow
+
+# The three-node Ray cluster test (placement, autoscaling, node loss), its figures printed.
+test-cluster: setup
+	$(VENV)/python -m pytest tests/deploy/test_cluster.py -m cluster -s
 
 lint: setup
 	$(VENV)/ruff check .

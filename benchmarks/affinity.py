@@ -17,7 +17,7 @@ from typing import Any
 
 from benchmarks.options import add_common_arguments, model_options, positive_int
 from benchmarks.service import APP_NAME, LocalService, pick_voice, run_level, wait_ready
-from benchmarks.workload import build_workload
+from benchmarks.workload import BenchRequest, build_workload
 
 ROUTERS = ("stream-affinity", "power-of-two")
 
@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="streamed requests in flight at once (default 8)")
     parser.add_argument("--requests", type=positive_int, default=32, metavar="N",
                         help="streamed requests in all (default 32)")
+    parser.add_argument("--sentences", type=positive_int, default=4, metavar="N",
+                        help="workload sentences spoken by each request, so its streams run several chunks "
+                             "(default 4)")
     parser.add_argument("--flow-replicas", type=positive_int, default=2, metavar="N",
                         help="flow decoder replicas (default 2)")
     parser.add_argument("--router", choices=ROUTERS, default=ROUTERS[0],
@@ -42,6 +45,13 @@ def deployment_options(router: str, replicas: int) -> dict[str, dict[str, Any]]:
     if router == "power-of-two":
         flow["request_router_config"] = RequestRouterConfig()
     return {"FlowDecoder": flow}
+
+
+def long_requests(count: int, sentences: int, seed: int) -> list[BenchRequest]:
+    """`count` requests, each speaking `sentences` consecutive sentences of the workload."""
+    texts = [request.text for request in build_workload(count * sentences)]
+    return [BenchRequest(index=index, text=" ".join(texts[index * sentences:(index + 1) * sentences]),
+                         seed=seed + index) for index in range(count)]
 
 
 def replica_stats(replicas: int, attempts: int = 200) -> list[dict[str, Any]]:
@@ -79,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     async def drive(base_url: str) -> list[Any]:
         await wait_ready(base_url)
         voice_id = args.voice or await pick_voice(base_url)
-        results, _ = await run_level(base_url, build_workload(args.requests, args.seed), args.streams, True, voice_id)
+        requests = long_requests(args.requests, args.sentences, args.seed)
+        results, _ = await run_level(base_url, requests, args.streams, True, voice_id)
         return results
 
     with LocalService(model.model_dir, model.dtype, model.torch_threads, deployment_options=options) as service:
@@ -89,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     for stats in per_replica:
         print(f"flow replica {stats['replica']}: {stats['chunks']}")
     report = {"router": args.router, "flow_replicas": args.flow_replicas, "streams": args.streams,
-              "requests": args.requests, "failures": len(failures), **summarize(per_replica),
-              "per_replica": per_replica, "model": str(model.model_dir), "dtype": model.dtype}
+              "requests": args.requests, "sentences": args.sentences, "failures": len(failures),
+              **summarize(per_replica), "per_replica": per_replica, "model": str(model.model_dir), "dtype": model.dtype}
     print(json.dumps(report), flush=True)
     return 1 if failures else 0

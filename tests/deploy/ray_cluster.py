@@ -28,6 +28,9 @@ import psutil
 from serve_app.local import free_port
 
 RAY_BIN = Path(sys.executable).parent
+#: The node label naming each node, as the cluster reports it.
+NODE_LABEL = "cosyvoice-test/node"
+START_ATTEMPTS = 3
 #: Small, so three nodes and the session's own Ray fit beside each other in shared memory.
 OBJECT_STORE_BYTES = 150 * 2**20
 
@@ -38,7 +41,6 @@ class RayNode:
     resources: dict[str, float]
     process: subprocess.Popen
     temp_dir: Path
-    node_manager_port: int
     node_id: str | None = None
     log: Any = field(default=None, repr=False)
 
@@ -74,12 +76,28 @@ class LocalRayCluster:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def start_node(self, name: str, resources: dict[str, float], num_cpus: float, head: bool = False) -> RayNode:
+        """Start a node and wait until it has joined. A node whose raylet misses Ray's fixed 30 s start-up
+        deadline (a loaded machine) exits; it is started again, up to `START_ATTEMPTS` times."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            if head:  # fresh ports: the failed head's may linger
+                self.gcs_port, self.dashboard_port = free_port(), free_port()
+            node = self._launch(name, resources, num_cpus, head)
+            try:
+                node.node_id = self._wait_for_node(node)
+                return node
+            except ChildProcessError:
+                self._stop_node(node)
+                if attempt == START_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _launch(self, name: str, resources: dict[str, float], num_cpus: float, head: bool) -> RayNode:
         # Short: Ray's socket paths live under it.
         temp_dir = Path(tempfile.mkdtemp(prefix=f"rc-{name}-"))
-        node_manager_port = free_port()
         command = [str(RAY_BIN / "ray"), "start", "--block", "--disable-usage-stats", "--node-ip-address", "127.0.0.1",
                    "--num-cpus", str(num_cpus), "--resources", json.dumps(resources), "--temp-dir", str(temp_dir),
-                   "--object-store-memory", str(OBJECT_STORE_BYTES), "--node-manager-port", str(node_manager_port),
+                   "--labels", json.dumps({NODE_LABEL: name}),
+                   "--object-store-memory", str(OBJECT_STORE_BYTES), "--node-manager-port", str(free_port()),
                    "--object-manager-port", str(free_port()), "--metrics-export-port", str(free_port()),
                    "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
                    "--runtime-env-agent-port", str(free_port())]
@@ -91,18 +109,18 @@ class LocalRayCluster:
         log = (self.work / f"node-{name}.log").open("w")
         process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.work,
                                    start_new_session=True)
-        node = RayNode(name, resources, process, temp_dir, node_manager_port, log=log)
+        node = RayNode(name, resources, process, temp_dir, log=log)
         self.nodes[name] = node
-        node.node_id = self._wait_for_node(node)
         return node
 
     def _wait_for_node(self, node: RayNode, timeout_s: float = 180) -> str:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            assert node.process.poll() is None, (self.work / f"node-{node.name}.log").read_text()[-3000:]
+            if node.process.poll() is not None:
+                raise ChildProcessError((self.work / f"node-{node.name}.log").read_text()[-3000:])
             try:
                 for entry in self.alive_nodes():
-                    if entry["node_manager_port"] == node.node_manager_port:
+                    if entry["labels"].get(NODE_LABEL) == node.name:
                         return entry["node_id"]
             except httpx.HTTPError:
                 pass
@@ -130,11 +148,11 @@ class LocalRayCluster:
         assert result.returncode == 0, f"{' '.join(args)}:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
         return result.stdout
 
-    def replicas(self, app: str) -> dict[str, list[dict[str, Any]]]:
-        """Each deployment's replicas as the Serve controller reports them (state, node id, pid)."""
+    def deployments(self, app: str) -> dict[str, dict[str, Any]]:
+        """Each deployment as the Serve controller reports it: status, message, target_num_replicas, and
+        its replicas (state, node id, pid)."""
         details = self.get("/api/serve/applications/")
-        deployments = details.get("applications", {}).get(app, {}).get("deployments", {})
-        return {name: deployment["replicas"] for name, deployment in deployments.items()}
+        return details.get("applications", {}).get(app, {}).get("deployments", {})
 
     def kill_raylet(self, name: str) -> int:
         """SIGKILL the node's raylet, as when a machine dies; its `ray start` then tears the rest down."""
@@ -143,21 +161,24 @@ class LocalRayCluster:
         return pid
 
     def stop(self) -> None:
-        """Stop worker nodes, then the head; then kill whatever of theirs is left (by temp dir, never by name)."""
+        """Stop worker nodes, then the head."""
         for node in sorted(self.nodes.values(), key=lambda node: node.name == "head"):
-            if node.process.poll() is None:
-                node.process.send_signal(signal.SIGTERM)
-                try:
-                    node.process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    node.process.kill()
-            node.log.close()
-        marks = [str(node.temp_dir) for node in self.nodes.values()]
+            self._stop_node(node)
+
+    @staticmethod
+    def _stop_node(node: RayNode) -> None:
+        """End the node's `ray start`, then kill whatever of its processes is left (found by its temp dir)."""
+        if node.process.poll() is None:
+            node.process.send_signal(signal.SIGTERM)
+            try:
+                node.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                node.process.kill()
+        node.log.close()
         for process in psutil.process_iter(["cmdline"]):
             try:
-                if any(mark in arg for arg in process.info["cmdline"] or () for mark in marks):
+                if any(str(node.temp_dir) in arg for arg in process.info["cmdline"] or ()):
                     process.kill()
             except psutil.Error:
                 continue
-        for node in self.nodes.values():
-            shutil.rmtree(node.temp_dir, ignore_errors=True)
+        shutil.rmtree(node.temp_dir, ignore_errors=True)
