@@ -68,6 +68,11 @@ class TextFrontend:
     def tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, allowed_special="all"))
 
+    def prompt_tokens(self, prompt_text: str) -> list[int]:
+        """A prompt transcript's tokens, normalised (not split) as upstream does."""
+        normalized = self.normalize(prompt_text, split=False)
+        return self.tokenize(normalized[0]) if normalized else []
+
     def _normalizer(self, lang: str) -> Any:
         with self._lock:
             if lang not in self._normalizers:
