@@ -117,7 +117,7 @@ class UpstreamServer:
 
         self.upstream.llm_job = llm_job
 
-    def prompt_inputs(self) -> Callable[[], dict[str, Any]]:
+    def voice_inputs(self) -> Callable[[], dict[str, Any]]:
         """The model inputs of the request's voice, per text segment: sft, a speaker's embedding;
         zero-shot, the uploaded prompt decoded once per request (the server's `load_wav`) and its
         features extracted per segment (upstream's `frontend_zero_shot`)."""
@@ -139,12 +139,12 @@ class UpstreamServer:
         first: float | None = None
         samples = 0
         try:
-            voice_inputs = self.prompt_inputs()
+            segment_inputs = self.voice_inputs()
             # Upstream's inference_sft / inference_zero_shot: normalise and split, then the front end
             # and tts per segment.
             for index, segment in enumerate(self.frontend.normalize(request.text)):
                 text = torch.tensor([self.frontend.tokenize(segment)], dtype=torch.int32)
-                inputs = voice_inputs()
+                inputs = segment_inputs()
                 # Seeds the global RNG as a seeded upstream request would; concurrent requests share it.
                 torch.manual_seed(segment_seed(request.seed, index))
                 for output in self.upstream.tts(text=text, stream=stream, **inputs):

@@ -153,14 +153,14 @@ class UpstreamProtocol:
             return failed(request, started, f"{type(exc).__name__}: {exc}")
 
 
-Protocol = ServiceProtocol | UpstreamProtocol
+ServerProtocol = ServiceProtocol | UpstreamProtocol
 
 
-def protocol_for(name: str, sample_rate: int = 24000) -> Protocol:
+def protocol_for(name: str, sample_rate: int = 24000) -> ServerProtocol:
     return UpstreamProtocol(sample_rate) if name == "upstream" else ServiceProtocol()
 
 
-async def wait_ready(base_url: str, protocol: Protocol, timeout_s: float = 120.0) -> None:
+async def wait_ready(base_url: str, protocol: ServerProtocol, timeout_s: float = 120.0) -> None:
     """Until the server answers as ready (one given by URL may still be starting)."""
     deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient(base_url=base_url, timeout=10.0) as client:
@@ -175,8 +175,8 @@ async def wait_ready(base_url: str, protocol: Protocol, timeout_s: float = 120.0
             await asyncio.sleep(1.0)
 
 
-async def run_level(base_url: str, protocol: Protocol, requests: list[BenchRequest], concurrency: int, stream: bool,
-                    speaker: Speaker) -> tuple[list[RequestResult], float]:
+async def run_level(base_url: str, protocol: ServerProtocol, requests: list[BenchRequest], concurrency: int,
+                    stream: bool, speaker: Speaker) -> tuple[list[RequestResult], float]:
     """`concurrency` clients, each sending its next request as soon as its last one finished.
 
     Returns the results in request order and the wall time of the whole level.

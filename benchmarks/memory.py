@@ -60,11 +60,12 @@ class RssSampler:
 
 
 def process_label(process: psutil.Process) -> str:
-    """What a process is: Ray's title for its workers (`ray::ServeReplica:cosyvoice:Vocoder`),
-    a Python process's script or module, else the executable's name."""
+    """What a process is: Ray's title for its workers (`ray::ServeReplica:cosyvoice:Vocoder`,
+    without the `.method` Ray appends while one runs), a Python process's script or module, else
+    the executable's name."""
     cmdline = process.cmdline()
     if cmdline and cmdline[0].startswith("ray::"):
-        return cmdline[0].split()[0]
+        return cmdline[0].split()[0].split(".")[0]
     name = process.name()
     if name.startswith("python"):
         if script := next((Path(arg).name for arg in cmdline[1:] if arg.endswith(".py")), None):

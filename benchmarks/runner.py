@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.clients import PROTOCOLS, Protocol, ServiceProtocol, protocol_for
+from benchmarks.clients import PROTOCOLS, ServerProtocol, ServiceProtocol, protocol_for
 from benchmarks.options import ModelOptions, add_common_arguments, model_options, positive_int
 from benchmarks.report import compose, format_table
 from benchmarks.workload import MODES, WORKLOADS, LevelRun, RequestResult, Speaker, build_workload, warmup_request
@@ -148,13 +148,13 @@ class ServerRun:
     pairs: list[tuple[RequestResult, RequestResult]] = field(default_factory=list)
 
 
-async def speaker_for(base_url: str, protocol: Protocol, options: BenchOptions) -> Speaker:
+async def speaker_for(base_url: str, protocol: ServerProtocol, options: BenchOptions) -> Speaker:
     if options.workload == "zero-shot":
         return Speaker.zero_shot()
     return Speaker("sft", voice_id=options.voice or await protocol.default_voice(base_url))
 
 
-async def drive(base_url: str, protocol: Protocol, options: BenchOptions,
+async def drive(base_url: str, protocol: ServerProtocol, options: BenchOptions,
                 processes: Callable[[], list[Any]] | None = None, label: str = "service") -> ServerRun:
     """Warm a server up, then run every level in the modes it offers; `processes` lists its
     processes (None: not measurable)."""
@@ -274,9 +274,11 @@ def run_baseline(options: BenchOptions, speaker: Speaker) -> dict[str, Any]:
         result = json.loads(result_path.read_text())
     result["levels"] = [LevelRun.from_dict(level) for level in result["levels"]]
     times = result.pop("times")
+    # The OS dates a process to its clock tick, which may fall just before `launched`.
+    created = max(times["created"], launched)
     result["startup"] = {"ready_s": round(times["loaded"] - launched, 2),
-                         "phases": {"process_start_s": round(times["created"] - launched, 2),
-                                    "imports_s": round(times["imported"] - times["created"], 2),
+                         "phases": {"process_start_s": round(created - launched, 2),
+                                    "imports_s": round(times["imported"] - created, 2),
                                     "model_load_s": round(times["loaded"] - times["imported"], 2)},
                          "warmup_s": result.pop("warmup_s")}
     return result
