@@ -37,16 +37,11 @@ class TextFrontendDeployment:
         """CosyVoice2's instruct prompt: the instruction, then the end-of-prompt token."""
         return self.text.tokenize(instruct_text.strip() + END_OF_PROMPT)
 
-    def prompt_text_tokens(self, prompt_text: str) -> list[int]:
-        """A prompt transcript, normalised (not split) as upstream does."""
-        normalized = self.text.normalize(prompt_text, split=False)
-        return self.text.tokenize(normalized[0]) if normalized else []
-
     def extract_voice(self, samples: np.ndarray, sample_rate: int, prompt_text: str | None = None) -> VoiceFeatures:
         """Model features of a prompt recording (any rate; resampled to 16 kHz; 0.5-30 s)."""
         with self.load:
             speech_16k = self.voices.to_prompt_rate(samples, sample_rate)
-            text_tokens = self.prompt_text_tokens(prompt_text) if prompt_text and prompt_text.strip() else []
+            text_tokens = self.text.prompt_tokens(prompt_text) if prompt_text and prompt_text.strip() else []
             return self.voices.extract(speech_16k, text_tokens)
 
     def pretrained_voices(self) -> dict[str, VoiceFeatures]:

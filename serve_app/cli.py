@@ -30,9 +30,10 @@ BENCH_NOT_INSTALLED = ("the benchmark is not installed: it ships apart from the 
 #: each command can still say how to install the benchmark where it is missing.
 BENCH_COMMANDS = {
     "bench": ("benchmarks.runner", "benchmark the service against upstream's one-process server",
-              "Drive a fixed, seeded workload through the service over HTTP and through an upstream-style "
-              "baseline (same --dtype; torch's default thread count, as upstream's server has); print a table, "
-              "then one JSON line with the figures."),
+              "Drive a fixed, seeded workload (sft, or zero-shot with a prompt uploaded per request) through the "
+              "service over HTTP, through an upstream-style baseline (same --dtype; torch's default thread count, "
+              "as upstream's server has) and optionally through any running server (--compare-url); print a "
+              "table with start-up and memory, then one JSON line with the figures."),
     "bench-soak": ("benchmarks.soak", "memory soak: each service replica's RSS after a warm-up and at the end",
                    "Send many whole-mode requests, one after another, to a service started here; print each "
                    "replica's RSS after --warmup requests and at the end, then one JSON line. Exits 1 if any "

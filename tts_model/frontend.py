@@ -90,6 +90,11 @@ class TextFrontend:
             raise FrontendError("The text has nothing to speak: it holds no words, digits or letters.")
         return segments
 
+    def prompt_tokens(self, prompt_text: str) -> list[int]:
+        """A prompt transcript's tokens, normalised (not split) as upstream does."""
+        normalized = self.normalize(prompt_text, split=False)
+        return self.tokenize(normalized[0]) if normalized else []
+
     def _normalizer(self, lang: str) -> Any:
         with self._lock:
             if lang not in self._normalizers:

@@ -11,9 +11,9 @@ import torch
 
 from tests.reference import upstream_frontend, upstream_tts
 from tts_core.modes import SynthesisMode
+from tts_core.synthetic_speech import speech_like
 from tts_core.wire import FrontendError, SynthesisJob
-from tts_model.frontend import TextFrontend, voice_from_spk2info
-from tts_model.twin import _synthetic_prompt
+from tts_model.frontend import PROMPT_SAMPLE_RATE, TextFrontend, voice_from_spk2info
 
 PROMPT_TEXT = "Hello, this is a sample of my voice."
 INSTRUCTION = "Please speak in a happy and energetic tone"
@@ -36,7 +36,7 @@ def frontend_handle(serve_cluster):
 
 @pytest.fixture(scope="module")
 def prompt_16k() -> np.ndarray:
-    return _synthetic_prompt(3.0, 180.0, np.random.default_rng(5))
+    return speech_like(3.0, PROMPT_SAMPLE_RATE, 180.0, np.random.default_rng(5))
 
 
 @pytest.fixture(scope="module")

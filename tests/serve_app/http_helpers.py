@@ -15,6 +15,7 @@ import numpy as np
 import soundfile as sf
 
 from tests.audio_samples import m4a_bytes
+from tts_core import synthetic_speech
 from tts_core.audio import MEDIA_TYPES
 
 MODEL_RATE = 24000
@@ -33,19 +34,12 @@ def unique_id(prefix: str = "voice") -> str:
 
 def speech_like(seconds: float = 1.5, rate: int = 16000, f0: float = 150.0, seed: int = 0) -> np.ndarray:
     """A voiced, speech-like signal (harmonics, vibrato, syllable-rate envelope) in [-0.5, 0.5]."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.05 * np.sin(2 * np.pi * 5 * t))) / rate
-    voice = sum(np.sin(k * phase) / k for k in range(1, 8))
-    signal = voice * 0.5 * (1 + np.sin(2 * np.pi * 4 * t)) ** 2 / 4 + 0.01 * rng.standard_normal(t.size)
-    return (0.5 * signal / np.abs(signal).max()).astype(np.float32)
+    return synthetic_speech.speech_like(seconds, rate, f0, np.random.default_rng(seed))
 
 
 def wav_bytes(seconds: float = 1.5, rate: int = 16000, f0: float = 150.0, seed: int = 0) -> bytes:
     """A 16-bit PCM mono WAV file of speech-like audio."""
-    buffer = io.BytesIO()
-    sf.write(buffer, speech_like(seconds, rate, f0, seed), rate, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
+    return synthetic_speech.speech_like_wav(seconds, rate, f0, seed)
 
 
 def encoded_sample(fmt: str, seconds: float = 1.5, rate: int = 16000, channels: int = 1) -> bytes:
