@@ -15,9 +15,10 @@ import json
 import uuid
 from typing import Any
 
+from benchmarks.clients import ServiceProtocol, run_level, wait_ready
 from benchmarks.options import add_common_arguments, model_options, positive_int
-from benchmarks.service import APP_NAME, LocalService, pick_voice, run_level, wait_ready
-from benchmarks.workload import BenchRequest, build_workload
+from benchmarks.service import APP_NAME, LocalService
+from benchmarks.workload import BenchRequest, Speaker, build_workload
 
 ROUTERS = ("stream-affinity", "power-of-two")
 
@@ -87,10 +88,11 @@ def run(args: argparse.Namespace) -> int:
     options = deployment_options(args.router, args.flow_replicas)
 
     async def drive(base_url: str) -> list[Any]:
-        await wait_ready(base_url)
-        voice_id = args.voice or await pick_voice(base_url)
+        protocol = ServiceProtocol()
+        await wait_ready(base_url, protocol)
+        voice_id = args.voice or await protocol.default_voice(base_url)
         requests = long_requests(args.requests, args.sentences, args.seed)
-        results, _ = await run_level(base_url, requests, args.streams, True, voice_id)
+        results, _ = await run_level(base_url, protocol, requests, args.streams, True, Speaker("sft", voice_id))
         return results
 
     with LocalService(model.model_dir, model.dtype, model.torch_threads, deployment_options=options) as service:

@@ -16,10 +16,13 @@ from dataclasses import dataclass
 import httpx
 import numpy as np
 
+from benchmarks.clients import REQUEST_TIMEOUT, ServiceProtocol, wait_ready
 from benchmarks.options import add_common_arguments, model_options, positive_int
-from benchmarks.service import REQUEST_TIMEOUT, SFT_PATH, WAV_HEADER_BYTES, LocalService, pick_voice, wait_ready
+from benchmarks.service import LocalService
 from benchmarks.workload import percentile
 from tts_core.stream_encoding import OUTPUT_FORMATS, StreamEncoder
+
+SFT_PATH, WAV_HEADER_BYTES = ServiceProtocol.SFT_PATH, ServiceProtocol.WAV_HEADER_BYTES
 
 TEXT = "Hello, how are you today? This is a short test of streamed speech in every format."
 OPENAI_PATH = "/v1/audio/speech"
@@ -77,8 +80,8 @@ async def timed(client: httpx.AsyncClient, route: str, fmt: str, voice: str, see
 
 
 async def measure(base_url: str, requests: int, seed: int, voice: str | None) -> list[Cell]:
-    await wait_ready(base_url)
-    voice = voice or await pick_voice(base_url)
+    await wait_ready(base_url, ServiceProtocol())
+    voice = voice or await ServiceProtocol().default_voice(base_url)
     cells = []
     async with httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT) as client:
         await timed(client, "sft stream", "wav", voice, seed)  # warm-up: every stage has run once
