@@ -4,6 +4,7 @@ its error, while the requests decoded in the same batches, and the ones after it
 from __future__ import annotations
 
 import asyncio
+from unittest.mock import patch
 
 import pytest
 
@@ -21,8 +22,10 @@ class InjectedFault(RuntimeError):
 
 
 @pytest.fixture(scope="module")
-def llm(tiny_model_dir) -> SpeechTokenLLM:
-    return SpeechTokenLLM.func_or_class(Settings(model_dir=str(tiny_model_dir)))
+def llm(tiny_model) -> SpeechTokenLLM:
+    """The deployment's class on the session's tiny model (loaded once), without Ray."""
+    with patch("deployments.llm.load_stage", return_value=(tiny_model, True)):
+        return SpeechTokenLLM.func_or_class(Settings())
 
 
 @pytest.fixture(scope="module")
