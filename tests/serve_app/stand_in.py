@@ -43,6 +43,16 @@ class StandInPipeline:
                                  segment_done=index == CHUNKS - 1)
 
 
+class StandInFrontend:
+    """The front end's text check: any text is one segment of its characters."""
+
+    def __init__(self) -> None:
+        async def segments(text: str) -> list[list[int]]:
+            return [[ord(character) for character in text]]
+
+        self.text_segments = _Remote(segments)
+
+
 class StandInStore:
     """The voice store with no registered voices."""
 
@@ -58,7 +68,7 @@ class StandInState:
         self.settings = settings
         pretrained = {"pretrained_voice_001": VoiceFeatures.embedding_only(np.zeros(192, dtype=np.float32))}
         self.voices = VoiceService(StandInStore(), None, pretrained)
-        self.synthesis = SynthesisService(StandInPipeline(), self.voices, None, RATE)
+        self.synthesis = SynthesisService(StandInPipeline(), StandInFrontend(), self.voices, None, RATE)
 
     async def health(self) -> Health:
         return Health(status="healthy", voice_manager_ready=True, async_synthesis_ready=True)
