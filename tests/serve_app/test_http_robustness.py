@@ -117,7 +117,7 @@ BAD_REQUESTS = [
     ("POST", "/api/v1/synthesize/instruct", {"json": {"voice_id": VOICE, "text": "Hi.", "instruct_text": " "}}),
     ("POST", "/api/v1/synthesize/zero-shot", {"data": {"text": "Hi."}}),
     ("POST", "/api/v1/synthesize/cross-lingual", {"data": {"text": "Hi.", "voice_id": "nobody"}}),
-    ("POST", "/api/v1/synthesize/sft", {"json": {"voice_id": VOICE, "text": "Hi.", "format": "mp3", "stream": True}}),
+    ("POST", "/api/v1/synthesize/sft", {"json": {"voice_id": VOICE, "text": "Hi.", "format": "ogg", "stream": True}}),
     ("GET", "/api/v1/audio/..%2F..%2Fetc%2Fpasswd", {}), ("GET", "/api/v1/audio/nothing.wav", {}),
     ("POST", "/api/v1/async/synthesize/sft", {"json": {"voice_id": "nobody", "text": "Hi."}}),
     ("POST", "/api/v1/async/synthesize/zero-shot", {"data": {"text": "Hi.", "voice_id": "nobody"}}),
