@@ -35,7 +35,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, workload: bool = True)
                         help="torch threads per model replica of a started service, and of model code run in "
                              "this process; 0: the service's replicas share the node's cores per forward pass and "
                              "in-process code uses every core (default: the service's setting, "
-                             "COSYVOICE_TORCH_THREADS or 0)")
+                             "COSYVOICE_TORCH_THREADS or 1)")
     if workload:
         parser.add_argument("--seed", type=int, default=0, help="request i uses seed SEED + i")
         parser.add_argument("--voice", help="voice id to speak with (default: pretrained_voice_001, else the first "
