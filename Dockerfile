@@ -11,7 +11,7 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY . .
-RUN PYTHON=python3.11 bash scripts/setup.sh && rm -rf /root/.cache/pip
+RUN PYTHON=python3.11 bash scripts/setup.sh && rm -rf "$HOME/.cache/pip"
 
 # `ray`, `serve` and the project's Python first on the path, for KubeRay's commands and for shells.
 ENV PATH=/app/.venv/bin:$PATH \

@@ -88,7 +88,7 @@ def call_stream(pipeline: FakePipeline) -> tuple[list[dict], BaseException | Non
     (remote_error(FrontendError("The text has nothing to speak.")), 400, "invalid_request"),
     (remote_error(StageUnavailableError("llm", 30.0)), 503, "service_unavailable"),
     (ActorDiedError(), 503, "service_unavailable"),
-    (remote_error(RuntimeError("boom\n  at /work/x.py line 3")), 500, "synthesis_error"),
+    (remote_error(RuntimeError("boom\n  at /srv/app/x.py line 3")), 500, "synthesis_error"),
 ], ids=["bad-text", "stage-gone", "pipeline-gone", "bug"])
 def test_a_failure_before_any_audio_is_an_error_response(error, status, code) -> None:
     messages, _ = call_stream(FakePipeline(chunks=0, error=error))
