@@ -34,7 +34,7 @@ from tts_model.chunk_schedule import ChunkPlan, StreamPlanner, chunk_seed, segme
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
 class SynthesisPipeline:
     def __init__(self, frontend: DeploymentHandle, llm: DeploymentHandle,
-                 flow: DeploymentHandle, vocoder: DeploymentHandle, recovery_timeout_s: float = 30.0):
+                 flow: DeploymentHandle, vocoder: DeploymentHandle, recovery_timeout_s: float):
         quiet_health_checks()
         self.frontend, self.llm, self.flow, self.vocoder = frontend, llm, flow, vocoder
         self.recovery_timeout_s = recovery_timeout_s

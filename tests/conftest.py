@@ -45,7 +45,9 @@ def serve_settings(model_dir: Path, data_dir: Path) -> dict:
     return {"model_dir": str(model_dir), "voice_store_uri": str(data_dir / "voices"),
             "output_store_uri": str(data_dir / "audio"), "task_store_uri": str(data_dir / "tasks"),
             # Small task limits so the admission tests can fill the queue quickly.
-            "max_queued_tasks": 4, "max_running_tasks": 2}
+            "max_queued_tasks": 4, "max_running_tasks": 2,
+            # A killed replica restarts slowly on a busy test machine: wait longer for it than the default.
+            "replica_recovery_timeout_s": 90.0}
 
 
 @pytest.fixture(scope="session")
