@@ -139,8 +139,8 @@ class LocalRayCluster:
         return [node for node in reply["data"]["result"]["result"] if node["state"] == "ALIVE"]
 
     def actors(self, class_name: str) -> list[dict[str, Any]]:
-        """Live or starting actors of a class (state, node id): where the scheduler put them, from the moment
-        it did (a Serve replica's own report names its node only once it is up)."""
+        """Live or starting actors of a class (state; node id once the actor is up): replicas being created
+        show here before Serve reports them."""
         reply = self.get("/api/v0/actors", detail="true", limit=10000, filter_keys="class_name",
                          filter_predicates="=", filter_values=class_name)
         return [actor for actor in reply["data"]["result"]["result"] if actor["state"] != "DEAD"]

@@ -118,7 +118,7 @@ def running(cluster: LocalRayCluster, states: tuple[str, ...] = ("RUNNING",)) ->
 
 
 def placed(cluster: LocalRayCluster, deployment: str) -> list[str]:
-    """Nodes of the deployment's replica actors, from the moment the scheduler places them ("pending" before)."""
+    """Nodes of the deployment's live replica actors ("pending" while one is still being created)."""
     return sorted(cluster.node_name(actor["node_id"]) if actor.get("node_id") else "pending"
                   for actor in cluster.actors(f"ServeReplica:{APP}:{deployment}"))
 
@@ -198,20 +198,27 @@ def test_requests_succeed_across_nodes(cluster) -> None:
 def test_llm_scales_onto_the_second_worker_and_back_while_streams_keep_their_flow_replica(cluster) -> None:
     ray_cluster, report = cluster["cluster"], cluster["report"]
     before = {stats["replica"]: stats["chunks"] for stats in flow_stats(ray_cluster, 2)}
+    # Streams sent back to back until the LLM's second replica is up: it loads its model while they run.
+    stop = threading.Event()
+
+    def stream_until_stopped(seed: int) -> None:
+        while not stop.is_set():
+            synthesize(cluster["base_url"], True, BURST_TEXT, seed)
+
+    burst = [threading.Thread(target=stream_until_stopped, args=(seed,)) for seed in range(8)]
+    for thread in burst:
+        thread.start()
     peak, timeline, started = placed(ray_cluster, "SpeechTokenLLM"), [], time.monotonic()
-    while len(set(peak) - {"pending"}) < 2 and time.monotonic() < started + 300:  # bounded: a few bursts at most
-        burst = [threading.Thread(target=synthesize, args=(cluster["base_url"], True, BURST_TEXT, seed))
-                 for seed in range(8)]
-        for thread in burst:
-            thread.start()
-        while any(thread.is_alive() for thread in burst):
-            # What the autoscaler decided: a replica counts once the scheduler has placed it.
-            nodes = placed(ray_cluster, "SpeechTokenLLM")
-            peak = nodes if len(set(nodes) - {"pending"}) > len(set(peak) - {"pending"}) else peak
-            timeline.append((round(time.monotonic() - started), nodes))
+    try:
+        while len(set(peak) - {"pending"}) < 2 and time.monotonic() < started + 300:
+            # What the autoscaler decided: a replica counts once its actor is up on a node.
+            peak = placed(ray_cluster, "SpeechTokenLLM")
+            timeline.append((round(time.monotonic() - started), peak))
             time.sleep(2)
+    finally:
+        stop.set()
         for thread in burst:
-            thread.join()
+            thread.join(timeout=300)
     report["llm_nodes_at_peak"], report["llm_timeline"] = peak, timeline[::5]
     assert len(set(peak) - {"pending"}) == 2, timeline
     report["llm_scale_down_s"] = round(wait_until(lambda: len(placed(ray_cluster, "SpeechTokenLLM")) == 1, 240,
