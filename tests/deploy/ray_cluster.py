@@ -138,6 +138,13 @@ class LocalRayCluster:
         reply = self.get("/api/v0/nodes", detail="true", limit=100)
         return [node for node in reply["data"]["result"]["result"] if node["state"] == "ALIVE"]
 
+    def actors(self, class_name: str) -> list[dict[str, Any]]:
+        """Live or starting actors of a class (state; node id once the actor is up): replicas being created
+        show here before Serve reports them."""
+        reply = self.get("/api/v0/actors", detail="true", limit=10000, filter_keys="class_name",
+                         filter_predicates="=", filter_values=class_name)
+        return [actor for actor in reply["data"]["result"]["result"] if actor["state"] != "DEAD"]
+
     def node_name(self, node_id: str) -> str:
         return next((node.name for node in self.nodes.values() if node.node_id == node_id), node_id[:8])
 
