@@ -18,8 +18,7 @@ import soundfile as sf
 
 from tests.serve_app.http_helpers import download
 
-# Opt-in (`make test-slow`): it kills each model stage's replica under load and needs a quiet machine.
-pytestmark = [pytest.mark.kills_replicas, pytest.mark.slow]
+pytestmark = pytest.mark.kills_replicas
 
 TEXT = "Hello there, this is a test of a service that keeps going. It has a second sentence too."
 SEEDS = (101, 102, 103)
