@@ -11,7 +11,7 @@ import numpy as np
 from ray.serve.experimental.consistent_hash_router import ConsistentHashRouter
 
 from deployments.flow import FlowDecoder
-from deployments.pipeline import _SegmentStream
+from deployments.pipeline import SynthesisPipeline, _SegmentStream
 from tts_core.modes import SynthesisMode
 from tts_core.wire import FlowPrompt, SynthesisJob, VoiceFeatures
 from tts_model.chunk_schedule import ChunkPlan
@@ -42,10 +42,13 @@ class FakeVocoder:
         return np.zeros(480, dtype=np.float32), None
 
 
-class FakePipeline:
+class RecordingPipeline:
+    """The real pipeline over a recording flow handle and a silent vocoder."""
+
     def __init__(self) -> None:
         self.calls: list[tuple[str | None, int]] = []
-        self.flow, self.vocoder = FakeFlowHandle(self.calls), FakeVocoder()
+        self.pipeline = SynthesisPipeline.func_or_class(frontend=None, llm=None, flow=FakeFlowHandle(self.calls),
+                                                        vocoder=FakeVocoder(), recovery_timeout_s=1.0)
 
 
 def job(stream: bool) -> SynthesisJob:
@@ -53,9 +56,9 @@ def job(stream: bool) -> SynthesisJob:
     return SynthesisJob(mode=SynthesisMode.SFT, text="hello", voice=voice, stream=stream)
 
 
-def decode_chunks(pipeline: FakePipeline, stream: bool, chunks: int) -> None:
+def decode_chunks(recording: RecordingPipeline, stream: bool, chunks: int) -> None:
     prompt = FlowPrompt(np.zeros(0, np.int32), np.zeros((0, 80), np.float32), np.ones(192, np.float32))
-    segment = _SegmentStream(pipeline, job(stream), prompt, 0, 1, 5)  # type: ignore[arg-type]
+    segment = _SegmentStream(recording.pipeline, job(stream), prompt, 0, 1, 5)
     plans = [ChunkPlan(end=25 * (index + 1), token_offset=25 * index, streaming=stream, finalize=index == chunks - 1)
              for index in range(chunks)]
 
@@ -67,18 +70,18 @@ def decode_chunks(pipeline: FakePipeline, stream: bool, chunks: int) -> None:
 
 
 def test_every_chunk_of_a_stream_is_routed_by_that_stream() -> None:
-    pipeline = FakePipeline()
-    decode_chunks(pipeline, stream=True, chunks=4)
-    decode_chunks(pipeline, stream=True, chunks=3)
-    sessions = [session for session, _ in pipeline.calls]
+    recording = RecordingPipeline()
+    decode_chunks(recording, stream=True, chunks=4)
+    decode_chunks(recording, stream=True, chunks=3)
+    sessions = [session for session, _ in recording.calls]
     assert None not in sessions
     assert len(set(sessions[:4])) == 1 and len(set(sessions[4:])) == 1 and sessions[0] != sessions[4]
 
 
 def test_whole_utterances_are_not_pinned() -> None:
-    pipeline = FakePipeline()
-    decode_chunks(pipeline, stream=False, chunks=1)
-    assert pipeline.calls == [(None, 0)]
+    recording = RecordingPipeline()
+    decode_chunks(recording, stream=False, chunks=1)
+    assert recording.calls == [(None, 0)]
 
 
 def test_flow_replicas_are_chosen_by_consistent_hashing_without_fallback() -> None:
