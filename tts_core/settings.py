@@ -62,8 +62,9 @@ class Settings(BaseSettings):
         0.0, ge=0, description="How long a flow or vocoder batch waits for more calls; 0 batches only calls "
                                "that queued while the previous batch ran.")
     replica_recovery_timeout_s: float = Field(
-        30.0, gt=0, description="How long a request waits for a stage whose replica died to be replaced (it is "
-                                "then answered 503); Ray restarts a replica in seconds to tens of seconds.")
+        60.0, gt=0, description="How long a request waits for a stage whose replica died to be replaced (it is "
+                                "then answered 503); Ray restarts a replica in seconds to tens of seconds, and "
+                                "a lost node takes its health-check period on top.")
     app_name: str = Field("cosyvoice", description="Ray Serve application name (prefixes named actors).")
     openai_voices: dict[str, str] = Field(
         default_factory=lambda: dict(DEFAULT_OPENAI_VOICES),
