@@ -138,7 +138,8 @@ class FlowDecoder:
             mels[index] = mel
             request = requests[index]
             if stream_keys[index] is not None:
-                self._count("final" if request.finalize else "from_start" if request.token_offset else "first",
+                self._count("final" if request.finalize and not request.streaming
+                            else "from_start" if request.token_offset else "first",
                             seconds)
         return mels  # type: ignore[return-value]
 
