@@ -167,7 +167,8 @@ class FlowDecoder:
 
     def _prompt_state(self, prompt: FlowPrompt) -> FlowStreamCache | None:
         """The voice's shared state (`prompt_state`), kept among the streams' (within their budget)
-        under a digest of the prompt, so each voice's is computed once while it is in use."""
+        under a digest of the prompt, so each voice's is computed once while it is in use. One dropped
+        for room stays alive, uncounted, in the streams started from it until they end."""
         digest = hashlib.blake2b(digest_size=16)
         for array in (prompt.speech_token, prompt.speech_feat, prompt.embedding):
             digest.update(np.ascontiguousarray(array).tobytes())
