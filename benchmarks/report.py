@@ -78,6 +78,11 @@ def format_table(report: dict[str, Any]) -> str:
                          f"{figures['errors']:>5}{_cell(figures['throughput'], 3):>11}"
                          f"{_cell(figures['ttfa_p50_ms']):>10}{_cell(figures['ttfa_p95_ms']):>10}"
                          f"{_cell(figures['rtf'], 3):>8}{_cell(figures['peak_rss_mb'], 0):>9}")
+        if (flow := entry["service"].get("flow")) is not None:
+            lines.append(f"{entry['mode']:<7}{entry['concurrency']:>5}  flow chunks {sum(flow['chunks'].values())} "
+                         f"{flow['chunks']}: per 100, {_cell(flow['fallbacks_per_100_chunks'])} full-decode "
+                         f"fallbacks, {_cell(flow['full_final_per_100_chunks'])} full final chunks, "
+                         f"{_cell(flow['evictions_per_100_chunks'])} evictions {flow['evictions']}")
         for key, label in (("ratio", "ratio"), ("compare_ratio", "/ compare")):
             if (r := entry.get(key)) is not None:
                 lines.append(f"{entry['mode']:<7}{entry['concurrency']:>5}  {label:<11}{'':>10}"

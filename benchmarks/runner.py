@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.clients import PROTOCOLS, ServerProtocol, ServiceProtocol, protocol_for
+from benchmarks.flow_metrics import DEFAULT_EXPORT_INTERVAL_S, FAST_EXPORT_INTERVAL_S
 from benchmarks.options import ModelOptions, add_common_arguments, model_options, positive_int
 from benchmarks.report import compose, format_table
 from benchmarks.workload import MODES, WORKLOADS, LevelRun, RequestResult, Speaker, build_workload, warmup_request
@@ -73,6 +74,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="benchmark the service already running at this base URL instead of starting "
                                       "one (its memory and start-up are then not measured; give the --model-dir it "
                                       "serves)")
+    parser.add_argument("--flow-stream-cache-mb", type=float, default=None, metavar="MB",
+                        help="the started service's flow_stream_cache_mb (default: the setting's default)")
+    parser.add_argument("--flow-stream-final-chunk", choices=("full", "incremental"), default=None,
+                        help="the started service's flow_stream_final_chunk (default: the setting's default, full)")
+    parser.add_argument("--metrics-url", help="with --url: that service's Prometheus endpoint (Ray's "
+                                              "--metrics-export-port, e.g. http://host:8080/metrics), for how the "
+                                              "flow decoded streamed chunks")
     parser.add_argument("--compare-url", help="also drive the server at this base URL with the same workload (after "
                                               "the service has stopped), e.g. the one you run now")
     parser.add_argument("--compare-protocol", choices=PROTOCOLS, default="cosyvoice-serve",
@@ -105,6 +113,9 @@ class BenchOptions(ModelOptions):
     compare_protocol: str = "cosyvoice-serve"
     compare_sample_rate: int = 24000
     compare_pid: int | None = None
+    metrics_url: str | None = None
+    #: Settings of a service started here, beyond the model's (`tts_core.settings.Settings`).
+    service_settings: dict[str, Any] = field(default_factory=dict)
 
     def requests_for(self, concurrency: int) -> int:
         if self.requests is not None:
@@ -129,7 +140,9 @@ def resolve_options(args: argparse.Namespace) -> BenchOptions:
                         seed=args.seed, baseline=not args.no_baseline, workload=args.workload,
                         compare_url=args.compare_url.rstrip("/") if args.compare_url else None,
                         compare_protocol=args.compare_protocol, compare_sample_rate=args.compare_sample_rate,
-                        compare_pid=args.compare_pid)
+                        compare_pid=args.compare_pid, metrics_url=args.metrics_url,
+                        service_settings={name: value for name in ("flow_stream_cache_mb", "flow_stream_final_chunk")
+                                          if (value := getattr(args, name)) is not None})
 
 
 @dataclass
@@ -155,12 +168,15 @@ async def speaker_for(base_url: str, protocol: ServerProtocol, options: BenchOpt
 
 
 async def drive(base_url: str, protocol: ServerProtocol, options: BenchOptions,
-                processes: Callable[[], list[Any]] | None = None, label: str = "service") -> ServerRun:
+                processes: Callable[[], list[Any]] | None = None, label: str = "service",
+                metrics_url: str | None = None, export_interval_s: float = DEFAULT_EXPORT_INTERVAL_S) -> ServerRun:
     """Warm a server up, then run every level in the modes it offers; `processes` lists its
-    processes (None: not measurable)."""
+    processes (None: not measurable); `metrics_url`, its Prometheus endpoint (exported to every
+    `export_interval_s`), for how the flow decoded each streamed level's chunks."""
     import httpx
 
     from benchmarks.clients import REQUEST_TIMEOUT, run_level, wait_ready
+    from benchmarks.flow_metrics import difference, settled_counters
     from benchmarks.memory import RssSampler, pss_snapshot
 
     await wait_ready(base_url, protocol)
@@ -180,12 +196,16 @@ async def drive(base_url: str, protocol: ServerProtocol, options: BenchOptions,
     for mode, concurrency, count in options.levels():
         if mode not in modes:
             continue
+        counted = metrics_url is not None and mode == "stream"
+        before = await settled_counters(metrics_url, export_interval_s) if counted else None
         sampler = RssSampler(processes) if processes is not None else None
         with sampler if sampler is not None else contextlib.nullcontext():
             results, wall = await run_level(base_url, protocol, build_workload(count, options.seed), concurrency,
                                             mode == "stream", speaker)
         runs.append(LevelRun(mode=mode, concurrency=concurrency, wall_s=wall, results=results,
-                             peak_rss_bytes=sampler.peak_bytes if sampler is not None else None))
+                             peak_rss_bytes=sampler.peak_bytes if sampler is not None else None,
+                             flow_counts=difference(await settled_counters(metrics_url, export_interval_s), before)
+                             if counted else None))
         failed = sum(not result.ok for result in results)
         logger.info("%s %s c=%d: %d requests in %.1f s%s", label, mode, concurrency, count, wall,
                     f", {failed} failed" if failed else "")
@@ -223,7 +243,11 @@ async def measure_overhead(base_url: str, options: BenchOptions, speaker: Speake
 async def drive_service(base_url: str, options: BenchOptions, service: Any = None) -> ServerRun:
     """The service's levels, then the overhead pairs; `service`: a `LocalService` started here."""
     processes = service.processes if service is not None else None
-    run = await drive(base_url, ServiceProtocol(), options, processes)
+    if service is not None:
+        metrics = {"metrics_url": service.metrics_url, "export_interval_s": FAST_EXPORT_INTERVAL_S}
+    else:
+        metrics = {"metrics_url": options.metrics_url, "export_interval_s": DEFAULT_EXPORT_INTERVAL_S}
+    run = await drive(base_url, ServiceProtocol(), options, processes, **metrics)
     if service is not None:
         run.startup = dict(await asyncio.to_thread(service.startup), warmup_s=run.warmup_s)
     run.pairs = await measure_overhead(base_url, options, run.speaker)
@@ -236,7 +260,8 @@ def run_service(options: BenchOptions) -> ServerRun:
         return asyncio.run(drive_service(options.url, options))
     from benchmarks.service import LocalService
 
-    with LocalService(options.model_dir, options.dtype, options.torch_threads) as service:
+    with LocalService(options.model_dir, options.dtype, options.torch_threads,
+                      settings=options.service_settings) as service:
         return asyncio.run(drive_service(service.base_url, options, service))
 
 
@@ -298,6 +323,7 @@ def run(args: argparse.Namespace) -> int:
             "workload": options.workload, "service": options.url or "local", "voice_id": service.speaker.voice_id,
             "seed": options.seed, "modes": list(options.modes), "concurrency": list(options.concurrency),
             "cpus": os.cpu_count(), "service_torch_threads": options.torch_threads,
+            "service_settings": options.service_settings,
             "baseline_torch_threads": baseline["torch_threads"] if baseline else None,
             "compare": {"url": options.compare_url, "protocol": options.compare_protocol,
                         "pid": options.compare_pid} if compare else None,

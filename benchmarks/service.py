@@ -13,9 +13,10 @@ from typing import Any
 
 import psutil
 
+from benchmarks.flow_metrics import FAST_EXPORT_INTERVAL_S
 from benchmarks.memory import descendants
 from benchmarks.startup import process_start_times, replica_startup
-from serve_app.local import LocalServe
+from serve_app.local import LocalServe, free_port
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +30,10 @@ class LocalService:
     """
 
     def __init__(self, model_dir: Path, dtype: str, torch_threads: int,
-                 deployment_options: dict[str, dict[str, Any]] | None = None):
+                 deployment_options: dict[str, dict[str, Any]] | None = None, settings: dict[str, Any] | None = None):
+        """`settings`: more of the service's settings (`tts_core.settings.Settings`) by name."""
         self.model_dir, self.dtype, self.torch_threads = model_dir, dtype, torch_threads
+        self.extra_settings = settings or {}
         self.deployment_options = deployment_options
         self.workdir: Path | None = None
         self.service: LocalServe | None = None
@@ -42,6 +45,11 @@ class LocalService:
     def base_url(self) -> str:
         assert self.service is not None, "the service runs inside the with block"
         return self.service.base_url
+
+    @property
+    def metrics_url(self) -> str:
+        assert self.service is not None, "the service runs inside the with block"
+        return f"http://127.0.0.1:{self.service.metrics_port}/metrics"
 
     def processes(self) -> list[psutil.Process]:
         return descendants()
@@ -60,9 +68,11 @@ class LocalService:
         data = self.workdir / "data"
         settings = {"model_dir": str(self.model_dir), "dtype": self.dtype, "torch_threads": self.torch_threads,
                     "voice_store_uri": str(data / "voices"), "output_store_uri": str(data / "audio"),
-                    "task_store_uri": str(data / "tasks")}
+                    "task_store_uri": str(data / "tasks"), **self.extra_settings}
+        # Counts exported every second (Ray's shortest interval), so a level's are read soon after it.
         self.service = LocalServe(settings, app_name=APP_NAME, temp_dir=str(self.workdir / "ray"),
-                                  deployment_options=self.deployment_options)
+                                  metrics_port=free_port(), deployment_options=self.deployment_options,
+                                  system_config={"metrics_report_interval_ms": int(FAST_EXPORT_INTERVAL_S * 1000)})
         self.started_at, started = time.time(), time.perf_counter()
         try:
             self.service.start()

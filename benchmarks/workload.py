@@ -12,6 +12,8 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from benchmarks.flow_metrics import flow_figures
+
 #: English sentences of varied length. Each stays under the front end's 80-token split limit, so
 #: every request is one text segment and "first audio" means the same thing on both sides.
 SENTENCES: tuple[str, ...] = (
@@ -108,6 +110,9 @@ class LevelRun:
     results: list[RequestResult] = field(default_factory=list)
     #: Peak of the summed RSS of the side's processes during the run (None: not measurable).
     peak_rss_bytes: int | None = None
+    #: The flow's streamed-chunk and eviction counters over the run (`benchmarks.flow_metrics`;
+    #: None: not measured).
+    flow_counts: dict[str, dict[str, float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,7 +121,7 @@ class LevelRun:
     def from_dict(cls, data: dict[str, Any]) -> LevelRun:
         results = [RequestResult(**result) for result in data.get("results", [])]
         return cls(mode=data["mode"], concurrency=data["concurrency"], wall_s=data["wall_s"], results=results,
-                   peak_rss_bytes=data.get("peak_rss_bytes"))
+                   peak_rss_bytes=data.get("peak_rss_bytes"), flow_counts=data.get("flow_counts"))
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -157,6 +162,7 @@ def summarize(run: LevelRun) -> dict[str, Any]:
         "rtf": round(statistics.median(rtf), 4) if rtf else None,
         "peak_rss_mb": None if run.peak_rss_bytes is None else round(run.peak_rss_bytes / 2**20, 1),
         "first_error": errors[0] if errors else None,
+        "flow": None if run.flow_counts is None else flow_figures(run.flow_counts),
     }
 
 

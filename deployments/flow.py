@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import OrderedDict, defaultdict
+from dataclasses import replace
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -16,7 +19,10 @@ from deployments.model_stage import ModelThread, core_budget, load_stage
 from tts_core.settings import Settings
 from tts_core.wire import FlowPrompt
 from tts_model.flow_decode import FlowRequest, flow_mel_batch
-from tts_model.flow_incremental import FlowStreamCache, flow_mel_incremental
+from tts_model.flow_incremental import FlowStreamCache, flow_mel_incremental, prompt_state
+
+#: Keys of voices' shared decoder state in a replica's `StreamCacheStore` (streams' keys are hex).
+PROMPT_KEY_PREFIX = "prompt:"
 
 
 class _Sized(Protocol):
@@ -34,6 +40,13 @@ class StreamCacheStore:
         self.entries: OrderedDict[str, _Sized] = OrderedDict()
         self.nbytes = 0
 
+    def get(self, key: str) -> _Sized | None:
+        """The entry under `key`, kept and made the newest; for entries many streams read."""
+        entry = self.entries.get(key)
+        if entry is not None:
+            self.entries.move_to_end(key)
+        return entry
+
     def take(self, key: str) -> _Sized | None:
         """Remove and return the stream's entry, if this replica still has it."""
         entry = self.entries.pop(key, None)
@@ -41,17 +54,20 @@ class StreamCacheStore:
             self.nbytes -= entry.nbytes
         return entry
 
-    def put(self, key: str, entry: _Sized) -> bool:
-        """Keep `entry` for the stream, dropping older streams to make room; False if it cannot fit."""
+    def put(self, key: str, entry: _Sized) -> list[str]:
+        """Keep `entry` for the stream, dropping older streams to make room. Returns the streams
+        whose state was dropped: `key` itself when `entry` alone is over the budget."""
         self.take(key)
         if entry.nbytes > self.capacity_bytes:
-            return False
+            return [key]
+        dropped_keys = []
         while self.nbytes + entry.nbytes > self.capacity_bytes:
-            _, dropped = self.entries.popitem(last=False)
+            dropped_key, dropped = self.entries.popitem(last=False)
             self.nbytes -= dropped.nbytes
+            dropped_keys.append(dropped_key)
         self.entries[key] = entry
         self.nbytes += entry.nbytes
-        return True
+        return dropped_keys
 
 
 #: Every call of one stream goes to the same replica, the one holding its decoder state: callers name
@@ -70,15 +86,20 @@ class FlowDecoder:
     Streamed chunks are decoded incrementally from the stream's decoder state, which the replica
     keeps between chunks (`tts_model.flow_incremental`), so each costs the same however long the
     utterance; a replica without it (the stream's replica died, or dropped the state for room)
-    decodes from the start, as upstream does. Whole utterances and final chunks are batched: calls
-    that arrive while a batch runs form the next one, so a busy replica runs one estimator pass for
-    many requests and an idle one waits for nobody.
+    decodes from the start, as upstream does. A stream's final chunk is decoded in full with full
+    attention, as upstream does, unless `flow_stream_final_chunk` is `incremental`: then it is
+    decoded like the others, chunk-causally from the kept state. A stream's state starts from its
+    voice's (`prompt_state`), kept once per voice among the streams' and shared by them, so a
+    stream neither decodes nor holds the prompt's first frames. Whole utterances and full final
+    chunks are batched: calls that arrive while a batch runs form the next one, so a busy replica
+    runs one estimator pass for many requests and an idle one waits for nobody.
     """
 
     def __init__(self, settings: Settings):
         self.model, _ = load_stage(settings, ["flow"])
         self.worker = ModelThread(core_budget(settings))
         self.stream_caches = StreamCacheStore(int(settings.flow_stream_cache_mb * 2**20))
+        self.incremental_final = settings.flow_stream_final_chunk == "incremental"
         self.load = StageLoad("flow")
         # Streamed chunks by how they were decoded (see `_decode_streamed`), and their decoding seconds.
         self.streamed: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
@@ -102,35 +123,67 @@ class FlowDecoder:
         mels: list[np.ndarray | None] = [None] * len(requests)
         batched = []
         for index, (request, key) in enumerate(zip(requests, stream_keys, strict=True)):
-            if key is not None and request.streaming and not request.finalize and self.stream_caches.capacity_bytes:
+            if key is not None and request.finalize and self.incremental_final:
+                request = requests[index] = replace(request, streaming=True)
+            if key is not None and request.streaming and self.stream_caches.capacity_bytes:
                 mels[index] = self._decode_streamed(request, key)
                 continue
-            if key is not None:  # the final chunk decodes everything with full attention: state not needed
+            if key is not None:  # decoded in full from the stream's start: its state is not needed
                 self.stream_caches.take(key)
             batched.append(index)
+        started = time.perf_counter()
         decoded = flow_mel_batch(self.model.flow, [requests[index] for index in batched], self.model.token_mel_ratio)
+        seconds = (time.perf_counter() - started) / max(len(batched), 1)
         for index, mel in zip(batched, decoded, strict=True):
             mels[index] = mel
+            request = requests[index]
+            if stream_keys[index] is not None:
+                self._count("final" if request.finalize and not request.streaming
+                            else "from_start" if request.token_offset else "first",
+                            seconds)
         return mels  # type: ignore[return-value]
 
     def _decode_streamed(self, request: FlowRequest, key: str) -> np.ndarray:
-        """One streamed chunk; counted as `first` (a stream's first chunk), `cached` (continued from the
-        state this replica kept) or `from_start` (a later chunk without that state: a full decode)."""
+        """One chunk decoded from the stream's kept state; counted as `first` (a stream's first chunk),
+        `cached` (continued from the state this replica kept) or `from_start` (a later chunk without
+        that state: a full decode)."""
         started = time.perf_counter()
         cache: FlowStreamCache | None = self.stream_caches.take(key)  # type: ignore[assignment]
         kind = "cached" if cache is not None else "from_start" if request.token_offset else "first"
+        decode = partial(flow_mel_incremental, self.model.flow, request.tokens, request.prompt, request.token_offset,
+                         token_mel_ratio=self.model.token_mel_ratio, finalize=request.finalize)
         try:
-            mel, cache = flow_mel_incremental(self.model.flow, request.tokens, request.prompt, request.token_offset,
-                                              cache, self.model.token_mel_ratio)
+            mel, cache = decode(cache, prefix=self._prompt_state(request.prompt) if cache is None else None)
         except ValueError:  # state from a later point of the stream (a retried chunk): start over
             kind = "from_start"
-            mel, cache = flow_mel_incremental(self.model.flow, request.tokens, request.prompt, request.token_offset,
-                                              None, self.model.token_mel_ratio)
-        self.stream_caches.put(key, cache)
-        self.streamed[kind][0] += 1
-        self.streamed[kind][1] += time.perf_counter() - started
-        metric("cosyvoice_flow_streamed_chunks_total").inc(tags={"decode": kind})
+            mel, cache = decode(None, prefix=self._prompt_state(request.prompt))
+        if not request.finalize:  # the stream's last chunk needs no state after it
+            for dropped in self.stream_caches.put(key, cache):
+                if not dropped.startswith(PROMPT_KEY_PREFIX):  # a voice's state is rebuilt, no stream falls back
+                    metric("cosyvoice_flow_stream_evictions_total").inc(
+                        tags={"reason": "too_large" if dropped == key else "room"})
+        self._count(kind, time.perf_counter() - started)
         return mel
+
+    def _prompt_state(self, prompt: FlowPrompt) -> FlowStreamCache | None:
+        """The voice's shared state (`prompt_state`), kept among the streams' (within their budget)
+        under a digest of the prompt, so each voice's is computed once while it is in use. One dropped
+        for room stays alive, uncounted, in the streams started from it until they end."""
+        digest = hashlib.blake2b(digest_size=16)
+        for array in (prompt.speech_token, prompt.speech_feat, prompt.embedding):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        key = PROMPT_KEY_PREFIX + digest.hexdigest()
+        state = self.stream_caches.get(key)
+        if state is None:
+            state = prompt_state(self.model.flow, prompt, self.model.token_mel_ratio)
+            if state is not None:
+                self.stream_caches.put(key, state)
+        return state  # type: ignore[return-value]
+
+    def _count(self, kind: str, seconds: float) -> None:
+        self.streamed[kind][0] += 1
+        self.streamed[kind][1] += seconds
+        metric("cosyvoice_flow_streamed_chunks_total").inc(tags={"decode": kind})
 
     def stream_stats(self) -> dict[str, Any]:
         """This replica's streamed chunks by how they were decoded: count and decoding seconds of each kind."""

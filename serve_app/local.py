@@ -20,11 +20,14 @@ class LocalServe:
     Ray instance, so every actor and replica is new) on the same port and settings."""
 
     def __init__(self, settings: dict[str, Any], app_name: str = "cosyvoice", temp_dir: str | None = None,
-                 metrics_port: int | None = None, deployment_options: dict[str, dict[str, Any]] | None = None):
-        """`deployment_options`: options of deployments by name (`serve_app.app.bind_app`), e.g. replicas."""
+                 metrics_port: int | None = None, deployment_options: dict[str, dict[str, Any]] | None = None,
+                 system_config: dict[str, Any] | None = None):
+        """`deployment_options`: options of deployments by name (`serve_app.app.bind_app`), e.g. replicas;
+        `system_config`: Ray's internal settings (`ray.init(_system_config=...)`)."""
         self.settings, self.app_name, self.temp_dir = dict(settings, app_name=app_name), app_name, temp_dir
         self.port, self.metrics_port = free_port(), metrics_port
         self.deployment_options = deployment_options or {}
+        self.system_config = system_config
         #: Seconds each phase of the last `start()` took: Ray's own processes, Serve's controller
         #: and proxy, then the application until every replica is up (the benchmark reports them).
         self.start_phases: dict[str, float] = {}
@@ -49,7 +52,8 @@ class LocalServe:
         self.start_phases = {}
         started = time.perf_counter()
         ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
-                 _temp_dir=self.temp_dir, _metrics_export_port=self.metrics_port)
+                 _temp_dir=self.temp_dir, _metrics_export_port=self.metrics_port,
+                 _system_config=self.system_config)
         self.start_phases["ray_init_s"] = time.perf_counter() - started
         try:
             started = time.perf_counter()

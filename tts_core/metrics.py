@@ -40,8 +40,13 @@ METRICS = {spec.name: spec for spec in (
                ("stage",)),
     MetricSpec("cosyvoice_flow_streamed_chunks_total", "counter",
                "Streamed flow chunks by how they were decoded: first (a stream's first chunk), cached (from the "
-               "state the replica kept) or from_start (a later chunk whose state the replica lacked: a full decode).",
+               "state the replica kept), from_start (a later chunk whose state the replica lacked: a full decode) "
+               "or final (a stream's last chunk, decoded in full with full attention).",
                ("decode",)),
+    MetricSpec("cosyvoice_flow_stream_evictions_total", "counter",
+               "Streams' flow decoder state dropped before the stream ended, by reason: room (dropped for another "
+               "stream's state, least recently used first) or too_large (a state larger than the whole budget). "
+               "The stream's next chunk is then a from_start full decode.", ("reason",)),
     MetricSpec("cosyvoice_registered_voices", "gauge", "Voices in the registry.", actor=True),
     MetricSpec("cosyvoice_async_tasks", "gauge", "Asynchronous tasks by state.", ("state",), actor=True),
 )}

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     flow_stream_cache_mb: float = Field(
         2048.0, ge=0, description="Memory per flow replica for streams' decoder state, so a streamed chunk costs "
                                   "the same however long the utterance; 0 decodes every chunk from the start.")
+    flow_stream_final_chunk: Literal["full", "incremental"] = Field(
+        "full", description="How a stream's last flow chunk is decoded: full (over the whole utterance with full "
+                            "attention, as upstream does) or incremental (chunk-causally from the stream's kept "
+                            "state, like the chunks before it: cheaper, slightly different audio at the end).")
     vocoder_max_batch_size: int = Field(8, ge=1, description="Vocoder calls batched into one HiFT pass.")
     batch_wait_timeout_s: float = Field(
         0.0, ge=0, description="How long a flow or vocoder batch waits for more calls; 0 batches only calls "

@@ -16,8 +16,16 @@ values of every transformer block and the last `kernel - 1` inputs of every caus
 `flow_mel_incremental` keeps those in a `FlowStreamCache` and runs the estimator on the new
 frames alone. The encoder is about 2% of the flow's work and is simply rerun over all tokens.
 
-Only streamed chunks (streaming=True, finalize=False) are covered: the final chunk is decoded
-with full attention over the whole utterance and stays a full recompute with `flow_mel`.
+The same causality makes the state of the prompt's first frames a property of the voice alone:
+a frame's state depends on the tokens up to the end of its attention chunk plus the lookahead,
+on the prompt's mel and speaker embedding, and on the fixed noise of its position. `prompt_state`
+computes the state of the prompt's whole chunks that end at least a lookahead before the
+prompt does, once per voice; every stream of that voice then starts from it (`prefix`), holds
+only the frames after it, and skips decoding them.
+
+Streamed chunks (streaming=True) are covered, the last one (finalize=True: no lookahead held
+back) included. Upstream decodes a stream's last chunk with full attention over the whole
+utterance instead; that stays a full recompute with `flow_mel`.
 """
 
 from __future__ import annotations
@@ -42,42 +50,51 @@ class FlowStreamCache:
     rest of its chunk is known. Tensors are in the flow model's dtype and on its device. Each
     chunk writes its keys and values into buffers grown ahead of need, so a chunk never copies
     the state of the ones before it (past a few hundred frames that copy costs more than the
-    chunk's own attention). A decoded chunk updates the cache in place.
+    chunk's own attention). A decoded chunk updates the cache in place. The frames before
+    `base` are the voice's shared `prefix`, read and never written: the buffers start at `base`.
     """
 
     #: Frames covered, counted from the first prompt frame.
     frames: int
-    #: Attention keys and values, [steps, transformer blocks, 2 (CFG), heads, capacity, head dim];
-    #: frames past `frames` are scratch.
+    #: Attention keys and values of frames `base` onwards, [steps, transformer blocks, 2 (CFG),
+    #: heads, capacity, head dim]; frames past `frames` are scratch.
     key_buffer: torch.Tensor
     value_buffer: torch.Tensor
     #: The inputs of the last frames of each causal convolution, in network order:
     #: [steps, 2 (CFG), channels, kernel - 1] each.
     conv_tails: list[torch.Tensor] = field(default_factory=list)
+    #: The state of the voice's first frames, shared by its streams (`prompt_state`).
+    prefix: FlowStreamCache | None = None
+
+    @property
+    def base(self) -> int:
+        return self.prefix.frames if self.prefix is not None else 0
 
     @property
     def keys(self) -> torch.Tensor:
-        return self.key_buffer[..., : self.frames, :]
+        return self.key_buffer[..., : self.frames - self.base, :]
 
     @property
     def values(self) -> torch.Tensor:
-        return self.value_buffer[..., : self.frames, :]
+        return self.value_buffer[..., : self.frames - self.base, :]
 
     @property
     def nbytes(self) -> int:
+        """This stream's own bytes: a shared prefix is counted where it is kept."""
         tensors = [self.key_buffer, self.value_buffer, *self.conv_tails]
         return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
     def reserve(self, frames: int, growth: float = 1.5) -> None:
         """Make room for `frames` frames, growing geometrically so copies stay rare."""
         capacity = self.key_buffer.shape[4]
+        frames -= self.base
         if frames <= capacity:
             return
         capacity = max(frames, int(capacity * growth))
         for name in ("key_buffer", "value_buffer"):
             old = getattr(self, name)
             new = old.new_empty(*old.shape[:4], capacity, old.shape[5])
-            new[..., : self.frames, :] = old[..., : self.frames, :]
+            new[..., : self.frames - self.base, :] = old[..., : self.frames - self.base, :]
             setattr(self, name, new)
 
 
@@ -89,11 +106,13 @@ class _StepState:
     calls them, so the walk below needs no names for them.
     """
 
-    def __init__(self, first: int, keep_until: int, attn_mask: torch.Tensor, keys: torch.Tensor,
-                 values: torch.Tensor, tails: list[torch.Tensor]):
-        self.first, self.keep_until, self.attn_mask = first, keep_until, attn_mask
+    def __init__(self, first: int, keep_until: int, attn_mask: torch.Tensor, cache: FlowStreamCache, step: int):
+        self.first, self.keep_until, self.attn_mask, self.base = first, keep_until, attn_mask, cache.base
         #: This step's key and value buffers, [blocks, 2, heads, capacity, head dim]: written in place.
-        self.keys, self.values, self.tails = keys, values, tails
+        self.keys, self.values = cache.key_buffer[step], cache.value_buffer[step]
+        self.tails = [tail[step] for tail in cache.conv_tails]
+        #: The shared prefix's keys and values of this step, [blocks, 2, heads, base, head dim].
+        self.prefix = (cache.prefix.keys[step], cache.prefix.values[step]) if cache.prefix is not None else None
         self.blocks_done = 0
         self.new_tails: list[torch.Tensor] = []
 
@@ -113,14 +132,29 @@ class _StepState:
         head_dim = key.shape[-1] // attn.heads
         query, key, value = (tensor.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
                              for tensor in (query, key, value))
-        block, end = self.blocks_done, self.first + key.shape[2]
+        block, first, end = self.blocks_done, self.first - self.base, self.first + key.shape[2] - self.base
         self.blocks_done += 1
-        self.keys[block, :, :, self.first:end] = key
-        self.values[block, :, :, self.first:end] = value
+        self.keys[block, :, :, first:end] = key
+        self.values[block, :, :, first:end] = value
         key, value = self.keys[block, :, :, :end], self.values[block, :, :, :end]
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=self.attn_mask)
+        if self.prefix is None:
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=self.attn_mask)
+        else:
+            out = _attend_after_prefix(query, self.prefix[0][block], self.prefix[1][block], key, value,
+                                       self.attn_mask)
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         return attn.to_out[1](attn.to_out[0](out))
+
+
+def _attend_after_prefix(query: torch.Tensor, prefix_keys: torch.Tensor, prefix_values: torch.Tensor,
+                         keys: torch.Tensor, values: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    """Scaled dot-product attention over the prefix's frames, then the stream's own, without
+    joining the two (that copy would cost more than the attention); `attn_mask` covers both."""
+    scale = query.shape[-1] ** -0.5
+    scores = torch.cat([query @ prefix_keys.transpose(-1, -2), query @ keys.transpose(-1, -2)], dim=-1) * scale
+    weights = scores.masked_fill(~attn_mask, float("-inf")).softmax(dim=-1)
+    split = prefix_keys.shape[-2]
+    return weights[..., :split] @ prefix_values + weights[..., split:] @ values
 
 
 def _causal_block(state: _StepState, block: Any, x: torch.Tensor) -> torch.Tensor:
@@ -200,41 +234,84 @@ def _causal_convs(estimator: Any) -> list[torch.nn.Conv1d]:
     return convs
 
 
-def _empty_cache(estimator: Any, device: torch.device, dtype: torch.dtype) -> FlowStreamCache:
-    """The state before the first frame: no keys, and zeros for the convolutions' left padding."""
+def _empty_cache(estimator: Any, device: torch.device, dtype: torch.dtype,
+                 prefix: FlowStreamCache | None = None) -> FlowStreamCache:
+    """The state before the stream's own first frame: no keys of its own, and the convolutions'
+    inputs before it (the prefix's, or zeros: their left padding)."""
     blocks = _transformer_blocks(estimator)
     attn = blocks[0].attn1
     shape = (FLOW_TIMESTEPS, len(blocks), 2, attn.heads, 0, attn.to_k.out_features // attn.heads)
-    tails = [torch.zeros(FLOW_TIMESTEPS, 2, conv.in_channels, conv.causal_padding, device=device, dtype=dtype)
-             for conv in _causal_convs(estimator)]
-    return FlowStreamCache(frames=0, key_buffer=torch.zeros(shape, device=device, dtype=dtype),
-                           value_buffer=torch.zeros(shape, device=device, dtype=dtype), conv_tails=tails)
+    if prefix is not None:
+        tails = prefix.conv_tails  # never written: a chunk replaces the stream's tails with new tensors
+    else:
+        tails = [torch.zeros(FLOW_TIMESTEPS, 2, conv.in_channels, conv.causal_padding, device=device, dtype=dtype)
+                 for conv in _causal_convs(estimator)]
+    return FlowStreamCache(frames=prefix.frames if prefix is not None else 0,
+                           key_buffer=torch.zeros(shape, device=device, dtype=dtype),
+                           value_buffer=torch.zeros(shape, device=device, dtype=dtype), conv_tails=tails, prefix=prefix)
+
+
+@torch.inference_mode()
+def prompt_state(flow: Any, prompt: FlowPrompt, token_mel_ratio: int = 2) -> FlowStreamCache | None:
+    """The decoder state of the prompt's frames that no speech token can change, for every stream
+    of this voice to start from (`flow_mel_incremental`'s `prefix`); None when there are none.
+
+    Those are the frames of the prompt's whole attention chunks that end a lookahead or more
+    before the prompt's last token: later tokens reach a frame only through the lookahead of the
+    tokens in its chunk.
+    """
+    estimator = flow.decoder.estimator
+    _check_supported(estimator)
+    chunk = estimator.static_chunk_size
+    tokens_per_chunk = chunk // token_mel_ratio
+    whole_chunks = (len(prompt.speech_token) - flow.pre_lookahead_len) // tokens_per_chunk
+    frames = min(whole_chunks * chunk, len(prompt.speech_feat) // chunk * chunk)
+    if frames <= 0:
+        return None
+    param = next(flow.parameters())
+    # Stand-in speech tokens as the prompt's lookahead: they reach no frame kept here.
+    encoded = encode_flow_input(flow, FlowRequest([0] * flow.pre_lookahead_len, prompt, 0, streaming=True,
+                                                  finalize=False), token_mel_ratio)
+    cache = _empty_cache(estimator, param.device, param.dtype)
+    _advance(flow, cache, encoded.mu[None, :, :frames], encoded.spks[None], encoded.cond[None, :, :frames])
+    return cache
 
 
 @torch.inference_mode()
 def flow_mel_incremental(flow: Any, tokens: list[int], prompt: FlowPrompt, token_offset: int,
-                         cache: FlowStreamCache | None, token_mel_ratio: int = 2) -> tuple[np.ndarray, FlowStreamCache]:
-    """Mel frames [80, T] for `tokens[token_offset:]` of a streamed (non-final) chunk, equal to
-    `flow_mel(flow, tokens, prompt, token_offset, streaming=True, finalize=False)`, and the cache
-    for the stream's next chunk.
+                         cache: FlowStreamCache | None, token_mel_ratio: int = 2, finalize: bool = False,
+                         prefix: FlowStreamCache | None = None) -> tuple[np.ndarray, FlowStreamCache]:
+    """Mel frames [80, T] for `tokens[token_offset:]` of a streamed chunk, equal to
+    `flow_mel(flow, tokens, prompt, token_offset, streaming=True, finalize)`, and the cache for
+    the stream's next chunk (after the last chunk, `finalize`, it has no use).
 
     `cache` is what the previous chunk of this stream returned (it is updated in place); None
     decodes every frame from the start (so a process that has not seen the stream's earlier
-    chunks can take it over).
+    chunks can take it over), or every frame after `prefix`, `prompt_state` of the same prompt.
     """
     estimator = flow.decoder.estimator
     _check_supported(estimator)
     param = next(flow.parameters())
     device, dtype = param.device, param.dtype
-    encoded = encode_flow_input(flow, FlowRequest(tokens, prompt, token_offset, streaming=True, finalize=False),
+    encoded = encode_flow_input(flow, FlowRequest(tokens, prompt, token_offset, streaming=True, finalize=finalize),
                                 token_mel_ratio)
-    mu, spks, cond = encoded.mu[None], encoded.spks[None], encoded.cond[None]
-    total, start = mu.shape[2], encoded.first_kept_frame
     if cache is None:
-        cache = _empty_cache(estimator, device, dtype)
+        cache = _empty_cache(estimator, device, dtype, prefix)
+    start = encoded.first_kept_frame
     if cache.frames > start:
         raise ValueError(f"the cache covers {cache.frames} frames, past this chunk's first frame {start}")
-    first, chunk = cache.frames, estimator.static_chunk_size
+    first = cache.frames
+    x = _advance(flow, cache, encoded.mu[None], encoded.spks[None], encoded.cond[None])
+    return x[0, :, start - first:].float().cpu().numpy(), cache
+
+
+def _advance(flow: Any, cache: FlowStreamCache, mu: torch.Tensor, spks: torch.Tensor,
+             cond: torch.Tensor) -> torch.Tensor:
+    """Decode the frames from `cache.frames` to the end of `mu` ([1, channels, frames], as are
+    `cond` and the returned mel), and move `cache` to the last attention chunk boundary."""
+    estimator = flow.decoder.estimator
+    device, dtype = mu.device, mu.dtype
+    total, first, chunk = mu.shape[2], cache.frames, estimator.static_chunk_size
     keep_until = max(first, total // chunk * chunk)
     cache.reserve(total)
     # Chunk-causal attention of the new frames: each sees every frame before the end of its chunk.
@@ -252,8 +329,7 @@ def flow_mel_incremental(flow: Any, tokens: list[int], prompt: FlowPrompt, token
     cfg_rate = flow.decoder.inference_cfg_rate
     states = []
     for step in range(1, FLOW_TIMESTEPS + 1):
-        state = _StepState(first, keep_until, attn_mask, cache.key_buffer[step - 1], cache.value_buffer[step - 1],
-                           [tail[step - 1] for tail in cache.conv_tails])
+        state = _StepState(first, keep_until, attn_mask, cache, step - 1)
         dphi = _estimate(state, estimator, torch.cat([x, x]), mu_in, t.expand(2), spks_in, cond_in)
         states.append(state)
         dphi_cond, dphi_uncond = dphi.split(1)
@@ -264,4 +340,4 @@ def flow_mel_incremental(flow: Any, tokens: list[int], prompt: FlowPrompt, token
 
     cache.frames = keep_until
     cache.conv_tails = [torch.stack([state.new_tails[i] for state in states]) for i in range(len(cache.conv_tails))]
-    return x[0, :, start - first:].float().cpu().numpy(), cache
+    return x

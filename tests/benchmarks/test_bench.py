@@ -132,6 +132,16 @@ def test_quick_bench_ends_with_its_json_report(tiny_model_dir: Path, tmp_path: P
         assert entry["ratio"]["throughput"] > 0
     assert isinstance(report["overhead_ms"], float)
     assert report["overhead"]["same_audio"] is True
+    # How the flow decoded each stream level's chunks: one replica with room for every stream, so no
+    # stream fell back to a full decode; every stream's last chunk is one, as upstream's is.
+    for entry in report["results"]:
+        flow = entry["service"]["flow"]
+        if entry["mode"] == "whole":
+            assert flow is None
+            continue
+        assert flow["chunks"]["final"] == entry["service"]["requests"] and flow["chunks"]["first"] > 0
+        assert flow["fallbacks_per_100_chunks"] == flow["evictions_per_100_chunks"] == 0.0
+        assert flow["full_final_per_100_chunks"] > 0
     # Start to ready, by phase and by replica, and PSS per process, for both sides.
     service = report["startup"]["service"]
     assert service["ready_s"] > 0 and set(service["phases"]) == {"ray_init_s", "serve_start_s", "serve_run_s"}
@@ -146,14 +156,68 @@ def test_quick_bench_ends_with_its_json_report(tiny_model_dir: Path, tmp_path: P
     assert json.loads(output.read_text()) == report
 
 
+def test_stream_evictions_and_fallbacks_counted_when_the_budget_is_short(tiny_model_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    """A stream-state budget smaller than one stream's state: every later chunk is a full decode,
+    every kept state too large, and the benchmark says so per 100 chunks; the final chunk decoded
+    incrementally is no full-attention one."""
+    completed = subprocess.run([*bench_command(), "bench", "--model-dir", str(tiny_model_dir), "--modes", "stream",
+                                "--concurrency", "2", "--requests", "2", "--no-baseline",
+                                "--flow-stream-cache-mb", "0.5", "--flow-stream-final-chunk", "incremental"],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert report["service_settings"] == {"flow_stream_cache_mb": 0.5, "flow_stream_final_chunk": "incremental"}
+    [entry] = report["results"]
+    flow = entry["service"]["flow"]
+    assert entry["service"]["errors"] == 0 and "final" not in flow["chunks"]
+    later = flow["chunks"]["from_start"]
+    assert flow["chunks"]["first"] == 2 and later > 0 and "cached" not in flow["chunks"]
+    # Each stream's state after each chunk but its last is too large to keep.
+    assert flow["evictions"] == {"too_large": sum(flow["chunks"].values()) - 2}
+    assert flow["fallbacks_per_100_chunks"] == round(100 * later / sum(flow["chunks"].values()), 1)
+    assert "full-decode fallbacks" in completed.stdout
+
+
+def test_flow_counters_from_a_prometheus_page() -> None:
+    from benchmarks.flow_metrics import difference, flow_figures, parse_counters
+
+    page = "\n".join([
+        "# HELP ray_cosyvoice_flow_streamed_chunks_total Streamed flow chunks",
+        'ray_cosyvoice_flow_streamed_chunks_total{Component="a",decode="first",replica="r1"} 2.0',
+        'ray_cosyvoice_flow_streamed_chunks_total{Component="a",decode="first",replica="r2"} 2.0',
+        'ray_cosyvoice_flow_streamed_chunks_total{Component="a",decode="cached",replica="r1"} 10.0',
+        'ray_cosyvoice_flow_streamed_chunks_total{Component="a",decode="from_start",replica="r1"} 3.0',
+        'ray_cosyvoice_flow_streamed_chunks_total{Component="a",decode="final",replica="r1"} 5.0',
+        'ray_cosyvoice_flow_stream_evictions_total{Component="a",reason="room",replica="r2"} 3.0',
+        'ray_cosyvoice_requests_total{mode="sft",outcome="success"} 9.0'])
+    before = parse_counters(page.replace("10.0", "0.0"))
+    counts = difference(parse_counters(page), before)
+    assert counts["cosyvoice_flow_streamed_chunks_total"]["cached"] == 10.0
+    figures = flow_figures(counts)
+    assert figures["chunks"] == {"cached": 10} and figures["fallbacks_per_100_chunks"] == 0.0
+    figures = flow_figures(parse_counters(page))
+    assert figures["chunks"] == {"first": 4, "cached": 10, "from_start": 3, "final": 5}
+    assert figures["evictions"] == {"room": 3}
+    assert (figures["fallbacks_per_100_chunks"], figures["full_final_per_100_chunks"],
+            figures["evictions_per_100_chunks"]) == (13.6, 22.7, 13.6)
+    assert flow_figures(parse_counters(""))["fallbacks_per_100_chunks"] is None
+
+
 def test_chunk_cost_ends_with_its_json_report(tiny_model_dir: Path, tmp_path: Path) -> None:
     completed = subprocess.run([*bench_command(), "bench-chunk-cost", "--model-dir", str(tiny_model_dir),
                                 "--chunks", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-4000:]
     report = json.loads(completed.stdout.strip().splitlines()[-1])
     assert [row["chunk"] for row in report["chunks"]] == [0, 1]
-    # The incremental decoder must give the mel that recomputing from the start gives.
-    assert all(row["max_abs_diff"] < 1e-3 for row in report["chunks"])
+    # The incremental decoder must give the mel that recomputing from the start gives, from the
+    # voice's shared prompt state too (the tiny twin's voices: 75 prompt tokens, 2 whole chunks).
+    assert all(row["max_abs_diff"] < 1e-3 and row["shared_prompt_max_abs_diff"] < 1e-3 for row in report["chunks"])
+    assert report["shared_prompt"]["frames"] == 100 and report["cache_bytes_per_frame"] > 0
+    assert all(row["shared_prompt_cache_mb"] < row["cache_mb"] for row in report["chunks"])
+    # The last chunk both ways: the same audio length, close but not equal audio.
+    final = report["final_chunk"]
+    assert final["audio_samples"][0] == final["audio_samples"][1] and final["audio_max_abs_diff"] > 0
 
 
 def test_replica_startup_from_serve_logs(tmp_path: Path) -> None:
@@ -273,7 +337,8 @@ def test_zero_shot_bench_against_running_servers(serve_cluster: dict, tiny_model
 
     url = serve_cluster["base_url"]
     assert main(["bench", "--url", url, "--compare-url", url, "--model-dir", str(tiny_model_dir), "--workload",
-                 "zero-shot", "--concurrency", "1", "--requests", "1"]) == 0
+                 "zero-shot", "--concurrency", "1", "--requests", "1", "--metrics-url",
+                 serve_cluster["metrics_url"]]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["workload"] == "zero-shot" and report["voice_id"] is None
     assert report["compare"]["protocol"] == "cosyvoice-serve"
@@ -282,6 +347,9 @@ def test_zero_shot_bench_against_running_servers(serve_cluster: dict, tiny_model
         for side in ("service", "baseline", "compare"):
             assert entry[side]["errors"] == 0 and entry[side]["throughput"] > 0, (side, entry[side])
         assert entry["ratio"]["throughput"] > 0 and entry["compare_ratio"]["throughput"] > 0
+        # The service's counters, read from the endpoint given: one streamed request, one final chunk.
+        if entry["mode"] == "stream":
+            assert entry["service"]["flow"]["chunks"]["final"] == 1
     # The in-process path decodes the prompt and extracts its features as the service does: same audio.
     assert report["overhead"]["same_audio"] is True
     baseline = report["startup"]["baseline"]

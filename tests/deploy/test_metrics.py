@@ -34,7 +34,10 @@ def test_every_documented_metric_is_exported(serve_cluster) -> None:
         assert task.status_code == 202
         client.delete("/api/v1/voices/metrics_voice")
 
-    wanted = {f"ray_{name}" for name in METRICS}
+    # Ray exports a counter once it has counted something: stream states are evicted only when the
+    # flow replica's budget runs short, which the session's never does (the benchmark's test of a
+    # short budget reads that counter from the endpoint).
+    wanted = {f"ray_{name}" for name in METRICS if name != "cosyvoice_flow_stream_evictions_total"}
     found: set[str] = set()
     body = ""
     deadline = time.monotonic() + 90  # Ray exports metrics every few seconds

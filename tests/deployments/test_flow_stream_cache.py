@@ -14,8 +14,8 @@ class Entry:
 
 def test_store_keeps_streams_within_its_budget_dropping_the_oldest() -> None:
     store = StreamCacheStore(capacity_bytes=100)
-    assert store.put("a", Entry(40)) and store.put("b", Entry(40))
-    assert store.put("c", Entry(40))  # "a" is dropped to make room
+    assert store.put("a", Entry(40)) == store.put("b", Entry(40)) == []
+    assert store.put("c", Entry(40)) == ["a"]  # dropped to make room
     assert store.take("a") is None
     assert store.nbytes == 80 and set(store.entries) == {"b", "c"}
 
@@ -35,6 +35,14 @@ def test_taking_a_stream_removes_it_and_putting_it_back_makes_it_newest() -> Non
 def test_an_entry_larger_than_the_budget_is_not_kept() -> None:
     store = StreamCacheStore(capacity_bytes=100)
     store.put("a", Entry(60))
-    assert not store.put("b", Entry(101))
+    assert store.put("b", Entry(101)) == ["b"]
     assert store.nbytes == 60 and store.take("b") is None
-    assert not StreamCacheStore(capacity_bytes=0).put("a", Entry(1))
+    assert StreamCacheStore(capacity_bytes=0).put("a", Entry(1)) == ["a"]
+
+
+def test_every_stream_dropped_for_room_is_named() -> None:
+    store = StreamCacheStore(capacity_bytes=100)
+    for key in "abc":
+        store.put(key, Entry(30))
+    assert store.put("d", Entry(70)) == ["a", "b"]
+    assert set(store.entries) == {"c", "d"} and store.nbytes == 100
