@@ -17,8 +17,17 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.metrics import StageLoad, metric
-from tts_core.modes import SynthesisMode, mode_inputs
-from tts_core.wire import FlowPrompt, SpeechTokenRequest, SynthesisChunk, SynthesisJob, VocoderCache
+from tts_core.modes import ModeInputs, SynthesisMode, mode_inputs
+from tts_core.wire import (
+    BistreamJob,
+    BistreamRequest,
+    FlowPrompt,
+    SpeechTokenRequest,
+    SynthesisChunk,
+    SynthesisJob,
+    VocoderCache,
+    VoiceFeatures,
+)
 from tts_model.chunk_schedule import ChunkPlan, StreamPlanner, chunk_seed, segment_seed
 
 
@@ -31,43 +40,78 @@ class SynthesisPipeline:
         self.load = StageLoad("pipeline")
 
     async def synthesize(self, job: SynthesisJob) -> AsyncIterator[SynthesisChunk]:
+        async for chunk in self._measured(self._chunks(job), job.mode, str(job.stream).lower()):
+            yield chunk
+
+    async def synthesize_bistream(self, job: BistreamJob) -> AsyncIterator[SynthesisChunk]:
+        """Speak one utterance whose text is still being written, streamed.
+
+        The text goes to the LLM sequence through the inbox under `job.key` (the caller posts it
+        there); this relays the sequence's tokens into flow and vocoder calls chunk by chunk, as
+        streaming synthesis does, and ends once the sequence has spoken the whole text.
+        """
+        async for chunk in self._measured(self._bistream_chunks(job), job.mode, "bistream"):
+            yield chunk
+
+    async def _measured(self, chunks: AsyncIterator[SynthesisChunk], mode: SynthesisMode,
+                        stream: str) -> AsyncIterator[SynthesisChunk]:
         started, first_chunk, samples = time.perf_counter(), True, 0
         sample_rate = await self._sample_rate()
         with self.load:
-            async for chunk in self._chunks(job):
+            async for chunk in chunks:
                 if first_chunk:
                     metric("cosyvoice_time_to_first_chunk_seconds").observe(
-                        time.perf_counter() - started, tags={"mode": str(job.mode), "stream": str(job.stream).lower()})
+                        time.perf_counter() - started, tags={"mode": str(mode), "stream": stream})
                     first_chunk = False
                 samples += len(chunk.pcm)
                 yield chunk
         seconds = samples / sample_rate
-        metric("cosyvoice_audio_seconds_total").inc(seconds, tags={"mode": str(job.mode)})
+        metric("cosyvoice_audio_seconds_total").inc(seconds, tags={"mode": str(mode)})
         if seconds > 0:
             metric("cosyvoice_real_time_factor").observe((time.perf_counter() - started) / seconds,
-                                                         tags={"mode": str(job.mode)})
+                                                         tags={"mode": str(mode)})
+
+    async def _mode_inputs(self, mode: SynthesisMode, voice: VoiceFeatures, instruct_text: str | None) -> ModeInputs:
+        instruction = (await self.frontend.instruction_tokens.remote(instruct_text)
+                       if mode is SynthesisMode.INSTRUCT else None)
+        return mode_inputs(mode, voice, instruction)
 
     async def _chunks(self, job: SynthesisJob) -> AsyncIterator[SynthesisChunk]:
         segments = await self.frontend.text_segments.remote(job.text)
-        instruction = (await self.frontend.instruction_tokens.remote(job.instruct_text)
-                       if job.mode is SynthesisMode.INSTRUCT else None)
-        inputs = mode_inputs(job.mode, job.voice, instruction)
+        inputs = await self._mode_inputs(job.mode, job.voice, job.instruct_text)
         for index, text_token in enumerate(segments):
             request = SpeechTokenRequest(text_token=text_token, prompt_text_token=inputs.llm_prompt_text,
                                          prompt_speech_token=inputs.llm_prompt_speech,
                                          seed=segment_seed(job.seed, index))
             planner = StreamPlanner(prompt_token_len=len(inputs.flow_prompt.speech_token), stream=job.stream)
             tokens: list[int] = []
-            stream = _SegmentStream(self, job, inputs.flow_prompt, index, len(segments), len(text_token))
+            stream = _SegmentStream(self, inputs.flow_prompt, job.seed, index, len(segments), job.speed, job.stream)
             if job.stream:
                 async for new_tokens in self.llm.options(stream=True).generate.remote(request):
                     tokens.extend(new_tokens)
                     while plan := planner.next_chunk(len(tokens), llm_finished=False):
-                        yield await stream.decode(tokens, plan)
+                        yield await stream.decode(tokens, plan, len(text_token))
             else:  # nothing to do before the last token: one reply instead of a stream
                 tokens = await self.llm.generate_all.remote(request)
             while plan := planner.next_chunk(len(tokens), llm_finished=True):
-                yield await stream.decode(tokens, plan)
+                yield await stream.decode(tokens, plan, len(text_token))
+
+    async def _bistream_chunks(self, job: BistreamJob) -> AsyncIterator[SynthesisChunk]:
+        inputs = await self._mode_inputs(job.mode, job.voice, job.instruct_text)
+        request = BistreamRequest(key=job.key, prompt_text_token=inputs.llm_prompt_text,
+                                  prompt_speech_token=inputs.llm_prompt_speech,
+                                  seed=segment_seed(job.seed, job.segment), ahead_tokens=job.ahead_tokens)
+        planner = StreamPlanner(prompt_token_len=len(inputs.flow_prompt.speech_token), stream=True)
+        stream = _SegmentStream(self, inputs.flow_prompt, job.seed, job.segment, job.segment + 1)
+        tokens: list[int] = []
+        text_fed = 0
+        async for ready in self.llm.options(stream=True).generate_bistream.remote(request):
+            tokens.extend(ready.tokens)
+            text_fed = ready.text_tokens_fed
+            while plan := planner.next_chunk(len(tokens), llm_finished=False):
+                yield await stream.decode(tokens, plan, text_fed)
+        while tokens and (plan := planner.next_chunk(len(tokens), llm_finished=True)):
+            yield await stream.decode(tokens, plan, text_fed)
 
     async def _sample_rate(self) -> int:
         if self.sample_rate is None:
@@ -81,20 +125,20 @@ class SynthesisPipeline:
 class _SegmentStream:
     """The state of one segment's token2wav stream: which chunk comes next, the vocoder cache."""
 
-    def __init__(self, pipeline: SynthesisPipeline, job: SynthesisJob, prompt: FlowPrompt, segment: int,
-                 segments: int, text_tokens: int):
-        self.pipeline, self.job, self.prompt = pipeline, job, prompt
-        self.segment, self.segments, self.text_tokens = segment, segments, text_tokens
+    def __init__(self, pipeline: SynthesisPipeline, prompt: FlowPrompt, seed: int, segment: int, segments: int,
+                 speed: float = 1.0, stream: bool = True):
+        self.pipeline, self.prompt, self.seed, self.speed = pipeline, prompt, seed, speed
+        self.segment, self.segments = segment, segments
         self.chunk = 0
         self.cache: VocoderCache | None = None
         # Names the stream to the flow decoder, which keeps its decoder state between chunks.
-        self.key = uuid.uuid4().hex if job.stream else None
+        self.key = uuid.uuid4().hex if stream else None
 
-    async def decode(self, tokens: list[int], plan: ChunkPlan) -> SynthesisChunk:
+    async def decode(self, tokens: list[int], plan: ChunkPlan, text_tokens: int) -> SynthesisChunk:
         mel = await self.pipeline.flow.decode.remote(tokens[: plan.end], self.prompt, plan.token_offset,
                                                      plan.streaming, plan.finalize, self.key)
         pcm, self.cache = await self.pipeline.vocoder.vocode.remote(
-            mel, self.cache, plan.finalize, self.job.speed, chunk_seed(self.job.seed, self.segment, self.chunk))
+            mel, self.cache, plan.finalize, self.speed, chunk_seed(self.seed, self.segment, self.chunk))
         self.chunk += 1
         return SynthesisChunk(pcm=pcm, segment=self.segment, segments=self.segments, tokens=len(tokens),
-                              text_tokens=self.text_tokens, segment_done=plan.finalize)
+                              text_tokens=text_tokens, segment_done=plan.finalize)

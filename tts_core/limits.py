@@ -7,6 +7,9 @@ from datetime import UTC, datetime
 
 #: Longest text one synthesis request may carry.
 MAX_TEXT_CHARS = 1000
+#: Text of one utterance streamed over the speech WebSocket, and utterances open at once on one socket.
+MAX_STREAMED_TEXT_CHARS = 5 * MAX_TEXT_CHARS
+MAX_OPEN_UTTERANCES = 8
 #: Voice ids: letters, digits, `_` and `-`, 1-64 characters.
 VOICE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 VOICE_ID_RE = re.compile(VOICE_ID_PATTERN)

@@ -5,18 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from serve_app import __version__
-from serve_app.api import audio, synthesis, system, tasks, voices
+from serve_app.api import audio, realtime, synthesis, system, tasks, voices
 from serve_app.api.errors import install_error_handlers
 from serve_app.api.middleware import SynthesisRequestMetrics
 from serve_app.serving.state import ServiceState
 
 DESCRIPTION = """CosyVoice2 text-to-speech: a voice registry, synchronous and streaming synthesis in four
 modes (sft, zero-shot, cross-lingual, instruct), asynchronous tasks and audio downloads.
-Every error has the body `{"error": code, "message": text, "details": {"path": ...}}`."""
+Every error has the body `{"error": code, "message": text, "details": {"path": ...}}`.
+Text can also be streamed in while it is written, over the WebSocket `/api/v1/ws/synthesize`;
+a web playground is at `/playground/`."""
+#: The playground: static files that use the public API only.
+PLAYGROUND_DIR = Path(__file__).resolve().parent.parent / "static" / "playground"
 
 
 def create_api(state: ServiceState) -> FastAPI:
@@ -34,6 +40,7 @@ def create_api(state: ServiceState) -> FastAPI:
     app.state.services = state
     install_error_handlers(app)
     app.add_middleware(SynthesisRequestMetrics)
-    for module in (system, voices, synthesis, tasks, audio):
+    for module in (system, voices, synthesis, realtime, tasks, audio):
         app.include_router(module.router)
+    app.mount("/playground", StaticFiles(directory=PLAYGROUND_DIR, html=True), name="playground")
     return app

@@ -13,7 +13,6 @@ from tests.reference import upstream_frontend, upstream_tts
 from tts_core.modes import SynthesisMode
 from tts_core.wire import FrontendError, SynthesisJob
 from tts_model.frontend import TextFrontend, voice_from_spk2info
-from tts_model.twin import _synthetic_prompt
 
 PROMPT_TEXT = "Hello, this is a sample of my voice."
 INSTRUCTION = "Please speak in a happy and energetic tone"
@@ -25,18 +24,6 @@ def collect(handle, job: SynthesisJob) -> list:
         return [chunk async for chunk in handle.options(stream=True).synthesize.remote(job)]
 
     return asyncio.run(run())
-
-
-@pytest.fixture(scope="module")
-def frontend_handle(serve_cluster):
-    from ray import serve
-
-    return serve.get_deployment_handle("TextFrontendDeployment", app_name=serve_cluster["app_name"])
-
-
-@pytest.fixture(scope="module")
-def prompt_16k() -> np.ndarray:
-    return _synthetic_prompt(3.0, 180.0, np.random.default_rng(5))
 
 
 @pytest.fixture(scope="module")
