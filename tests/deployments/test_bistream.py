@@ -106,11 +106,12 @@ def test_a_sequence_runs_no_further_ahead_of_its_consumer_than_allowed(tiny_mode
         assert not done, "the sequence went on without an acknowledgement"
         await inbox.put.remote(job.key, BistreamInput(acked_tokens=first.tokens))
         after = [await following]
+        await inbox.put.remote(job.key, BistreamInput(acked_tokens=after[0].tokens))
         async for chunk in stream:
             after.append(chunk)
             await inbox.put.remote(job.key, BistreamInput(acked_tokens=chunk.tokens))
         return first, after
 
-    first, after = asyncio.run(run())
+    first, after = asyncio.run(asyncio.wait_for(run(), 300))
     assert first.tokens <= 40
     assert after[-1].segment_done and after[-1].tokens > 100

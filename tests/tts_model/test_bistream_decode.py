@@ -53,7 +53,7 @@ def test_tokens_equal_upstream_bistream_however_the_text_arrives(kind, tiny_mode
     prompt_text, prompt_speech = prompts(tiny_model, kind)
     seed, expected = finishing_seed(lambda seed: upstream_bistream_tokens(tiny_model, text, prompt_text,
                                                                           prompt_speech, seed))
-    assert len(expected) > 3 * len(text)
+    assert len(expected) > len(text)
 
     rng = random.Random(0)
     arrivals = {"all at once": [len(text)], "one token per step": [1] * len(text),
@@ -89,6 +89,7 @@ def test_bistream_and_ordinary_sequences_share_batched_steps(tiny_model) -> None
                 for index, (_, prompt_text, prompt_speech, seed) in enumerate(streamed)]
     states = bistream + [decoder.start(request) for request in ordinary]
     produced: dict[int, list[int]] = {index: [] for index in range(len(bistream))}
+    index_of = {id(state): index for index, state in enumerate(bistream)}
     fed = [0] * len(bistream)
     step = 0
     while not all(state.finished for state in states):
@@ -99,7 +100,7 @@ def test_bistream_and_ordinary_sequences_share_batched_steps(tiny_model) -> None
         ready = [state for state in states if decoder.ready(state)]
         for state, token in zip(ready, decoder.step_batch(ready), strict=True):
             if token is not None and isinstance(state, BistreamState):
-                produced[bistream.index(state)].append(token)
+                produced[index_of[id(state)]].append(token)
         step += 1
     assert [produced[index] for index in range(len(bistream))] == expected
     assert [state.out_tokens for state in states[len(bistream):]] == ordinary_alone
