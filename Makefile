@@ -1,6 +1,6 @@
 # `make serve`: set up and run the service on the default model (the tiny twin unless
 # COSYVOICE_MODEL_DIR names a real model directory). `make test`: set up and run the tests.
-.PHONY: setup serve test test-slow lint bench
+.PHONY: setup serve status test test-slow test-cluster lint bench
 
 VENV := .venv/bin
 
@@ -11,7 +11,12 @@ setup: .venv/.installed
 	touch $@
 
 serve: setup
-	$(VENV)/serve run serve_config.yaml
+	RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve_app.api.body_limit:proxy_middlewares $(VENV)/serve run serve_config.yaml
+
+# Ray starts a local cluster with token authentication on; its CLI sends the token (from
+# ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN) only in token mode.
+status:
+	RAY_AUTH_MODE=token $(VENV)/serve status
 
 test: setup
 	$(VENV)/ruff check .
@@ -20,6 +25,10 @@ test: setup
 
 test-slow: setup
 	$(VENV)/python -m pytest tests -m slow
+
+# The three-node Ray cluster test (placement, autoscaling, node loss), its figures printed.
+test-cluster: setup
+	$(VENV)/python -m pytest tests/deploy/test_cluster.py -m cluster -s
 
 lint: setup
 	$(VENV)/ruff check .

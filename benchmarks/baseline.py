@@ -4,11 +4,15 @@ Upstream's `cosyvoice` modules driven the way upstream's FastAPI server drives t
 one model copy, each concurrent request on its own thread, no batching. Each request normalises
 and tokenises its text, then iterates upstream's `CosyVoice2Model.tts` (which starts its own LLM
 thread, polls it every 0.1 s when streaming, and runs flow + HiFT in the request's thread) and
-turns each yielded chunk into 16-bit PCM as the server's `generate_data` does. No HTTP is
-involved: the baseline is upstream's server minus its transport, which favours it.
+turns each yielded chunk into 16-bit PCM as the server's `generate_data` does. In zero-shot, each
+request also decodes the uploaded prompt and, per text segment, extracts its features as
+upstream's `frontend_zero_shot` does (prompt text tokens, mel, speech tokens, speaker embedding).
+No HTTP is involved: the baseline is upstream's server minus its transport, which favours it.
 
 A child process gives the baseline a clean process of its own, as a standalone upstream server
-would have, so its memory is its own. Run as `python -m benchmarks.baseline PLAN.json RESULT.json`.
+would have, so its start-up and memory are its own. It reports when its imports ended, when its
+model was loaded and how long the warm-up took, and its PSS once ready and after the run. Run as
+`python -m benchmarks.baseline PLAN.json RESULT.json`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.memory import RssSampler, own_process, pss_bytes
-from benchmarks.workload import BenchRequest, LevelRun, RequestResult, build_workload, warmup_request
+from benchmarks.memory import RssSampler, own_process, pss_snapshot
+from benchmarks.workload import BenchRequest, LevelRun, RequestResult, Speaker, build_workload, warmup_request
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +44,15 @@ class BaselinePlan:
 
     model_dir: str
     dtype: str
-    voice_id: str
+    #: sft: the voice spoken; zero-shot: None (the workload's fixed prompt is uploaded).
+    voice_id: str | None
     #: (mode, concurrency, requests), in the order the service ran them.
     levels: list[tuple[str, int, int]] = field(default_factory=list)
     seed: int = 0
+    workload: str = "sft"
+
+    def speaker(self) -> Speaker:
+        return Speaker.zero_shot() if self.workload == "zero-shot" else Speaker("sft", voice_id=self.voice_id)
 
 
 class _FlowAtDtype:
@@ -69,21 +79,23 @@ class _FlowAtDtype:
 
 
 class UpstreamServer:
-    """What upstream's FastAPI server holds (one `CosyVoice2Model`) and does per sft request."""
+    """What upstream's FastAPI server holds (one `CosyVoice2Model`) and does per request."""
 
-    def __init__(self, model: Any, voice_id: str):
+    def __init__(self, model: Any, speaker: Speaker):
         from cosyvoice.cli.model import CosyVoice2Model
 
-        from tts_model.frontend import TextFrontend
+        from tts_model.frontend import TextFrontend, VoiceFeatureExtractor
 
-        if voice_id not in model.spk2info:
-            raise ValueError(f"the model has no speaker {voice_id!r}")
+        if speaker.workload == "sft" and speaker.voice_id not in model.spk2info:
+            raise ValueError(f"the model has no speaker {speaker.voice_id!r}")
         flow = model.flow if model.dtype == torch.float32 else _FlowAtDtype(model.flow)
         self.upstream = CosyVoice2Model(None, flow, model.hift)
         # Upstream's __init__ sets `self.llm = llm`; the installed copy has that line commented out.
         self.upstream.llm = model.llm
         self.frontend = TextFrontend(model.tokenizer)
-        self.embedding = model.spk2info[voice_id]["embedding"]
+        self.voices = VoiceFeatureExtractor(model)
+        self.speaker = speaker
+        self.spk2info = model.spk2info
         self.sample_rate = model.sample_rate
         self._llm_errors: dict[int, BaseException] = {}
         self._guard_llm_job()
@@ -105,6 +117,21 @@ class UpstreamServer:
 
         self.upstream.llm_job = llm_job
 
+    def voice_inputs(self) -> Callable[[], dict[str, Any]]:
+        """The model inputs of the request's voice, per text segment: sft, a speaker's embedding;
+        zero-shot, the uploaded prompt decoded once per request (the server's `load_wav`) and its
+        features extracted per segment (upstream's `frontend_zero_shot`)."""
+        from tts_core.audio import decode_audio
+        from tts_model.frontend import voice_to_spk2info
+
+        if self.speaker.workload == "sft":
+            embedding = self.spk2info[self.speaker.voice_id]["embedding"]
+            return lambda: {"flow_embedding": embedding, "llm_embedding": embedding}
+        prompt = decode_audio(self.speaker.prompt_wav)
+        speech_16k = self.voices.to_prompt_rate(prompt.samples, prompt.sample_rate)
+        return lambda: voice_to_spk2info(self.voices.extract(speech_16k,
+                                                             self.frontend.prompt_tokens(self.speaker.prompt_text)))
+
     def request(self, request: BenchRequest, stream: bool) -> RequestResult:
         from tts_model.chunk_schedule import segment_seed
 
@@ -112,13 +139,15 @@ class UpstreamServer:
         first: float | None = None
         samples = 0
         try:
-            # Upstream's inference_sft: normalise and split, then frontend_sft + tts per segment.
+            segment_inputs = self.voice_inputs()
+            # Upstream's inference_sft / inference_zero_shot: normalise and split, then the front end
+            # and tts per segment.
             for index, segment in enumerate(self.frontend.normalize(request.text)):
                 text = torch.tensor([self.frontend.tokenize(segment)], dtype=torch.int32)
+                inputs = segment_inputs()
                 # Seeds the global RNG as a seeded upstream request would; concurrent requests share it.
                 torch.manual_seed(segment_seed(request.seed, index))
-                for output in self.upstream.tts(text=text, flow_embedding=self.embedding,
-                                                llm_embedding=self.embedding, stream=stream):
+                for output in self.upstream.tts(text=text, stream=stream, **inputs):
                     pcm = (output["tts_speech"].numpy() * (2**15)).astype(np.int16).tobytes()
                     if first is None and pcm:
                         first = time.perf_counter() - started
@@ -145,20 +174,30 @@ def run_level(server: UpstreamServer, mode: str, concurrency: int, requests: lis
 
 
 def run(plan: BaselinePlan) -> dict[str, Any]:
+    import cosyvoice.cli.model  # noqa: F401  (the rest of the imports a server does before loading)
+
     from tts_model.loader import load_model
 
+    imported = time.time()
     model = load_model(plan.model_dir, dtype=plan.dtype)
-    server = UpstreamServer(model, plan.voice_id)
+    loaded = time.time()
+    server = UpstreamServer(model, plan.speaker())
+    warmup_s = {}
     for mode in dict.fromkeys(mode for mode, _, _ in plan.levels):
         warm = server.request(warmup_request(), stream=mode == "stream")
+        warmup_s[mode] = round(warm.latency_s, 3)
         logger.info("baseline warm-up (%s): %.1f s%s", mode, warm.latency_s, f", {warm.error}" if warm.error else "")
+    ready = pss_snapshot(own_process())
     levels = []
     for mode, concurrency, count in plan.levels:
         level = run_level(server, mode, concurrency, build_workload(count, plan.seed))
         logger.info("baseline %s c=%d: %d requests in %.1f s", mode, concurrency, count, level.wall_s)
         levels.append(level)
     return {"levels": [level.to_dict() for level in levels], "torch_threads": torch.get_num_threads(),
-            "pss_bytes": pss_bytes(own_process())}
+            "memory": {"ready": ready, "after_run": pss_snapshot(own_process())},
+            # Epoch seconds, for the parent to set against when it launched this process.
+            "times": {"created": own_process()[0].create_time(), "imported": imported, "loaded": loaded},
+            "warmup_s": warmup_s}
 
 
 def main(argv: list[str]) -> int:

@@ -64,7 +64,7 @@ def chunk_costs(model_dir: str, dtype: str, threads: int, chunks: int = 12, seed
 def run(args: argparse.Namespace) -> int:
     """Print one line per chunk, then one JSON line."""
     model = model_options(args)
-    report = chunk_costs(str(model.model_dir), model.dtype, model.torch_threads, args.chunks, args.seed)
+    report = chunk_costs(str(model.model_dir), model.dtype, model.inprocess_threads, args.chunks, args.seed)
     for row in report["chunks"]:
         print(f"chunk {row['chunk']:2d}: {row['tokens']:4d} tokens so far, {row['new_frames']} new mel frames, "
               f"recompute {row['seconds']:.3f} s, incremental {row['incremental_seconds']:.3f} s "

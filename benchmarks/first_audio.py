@@ -20,18 +20,19 @@ import argparse
 import asyncio
 import json
 import re
-import statistics
 import time
 from typing import Any
 
 import httpx
 from websockets.asyncio.client import connect
 
+from benchmarks.clients import REQUEST_TIMEOUT, ServiceProtocol, read_body, wait_ready
 from benchmarks.options import add_common_arguments, model_options, positive_int
-from benchmarks.service import REQUEST_TIMEOUT, SFT_PATH, WAV_HEADER_BYTES, LocalService, pick_voice, wait_ready
-from benchmarks.workload import SENTENCES, WARMUP_TEXT
+from benchmarks.service import LocalService
+from benchmarks.workload import SENTENCES, WARMUP_TEXT, percentile
 
 WS_PATH = "/api/v1/ws/synthesize"
+SFT_PATH, WAV_HEADER_BYTES = ServiceProtocol.SFT_PATH, ServiceProtocol.WAV_HEADER_BYTES
 #: The longer sentences of the workload: a reply a voice agent would speak.
 TEXTS = tuple(sentence for sentence in SENTENCES if len(sentence) > 60)
 
@@ -85,13 +86,9 @@ async def http_first_audio(base_url: str, voice_id: str, text: str, seed: int) -
     body = {"text": text, "voice_id": voice_id, "stream": True, "seed": seed}
     async with httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT) as client:
         started = time.perf_counter()
-        received, first = 0, None
         async with client.stream("POST", SFT_PATH, json=body) as response:
             response.raise_for_status()
-            async for piece in response.aiter_raw():
-                received += len(piece)
-                if first is None and received > WAV_HEADER_BYTES:
-                    first = time.perf_counter() - started
+            _, _, first = await read_body(response, started, WAV_HEADER_BYTES)
     return first
 
 
@@ -119,9 +116,7 @@ async def cancel_latency(url: str, voice_id: str, text: str, seed: int) -> dict[
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {"p50": round(statistics.median(ordered), 4),
-            "p95": round(ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))], 4)}
+    return {"p50": round(percentile(values, 50), 4), "p95": round(percentile(values, 95), 4)}
 
 
 async def measure(base_url: str, voice_id: str, rounds: int, seed: int, tokens_per_second: float) -> dict[str, Any]:
@@ -152,8 +147,9 @@ async def measure(base_url: str, voice_id: str, rounds: int, seed: int, tokens_p
 def run(args: argparse.Namespace) -> int:
     """Print the figures, then one JSON line."""
     async def drive(base_url: str) -> dict[str, Any]:
-        await wait_ready(base_url)
-        voice_id = args.voice or await pick_voice(base_url)
+        protocol = ServiceProtocol()
+        await wait_ready(base_url, protocol)
+        voice_id = args.voice or await protocol.default_voice(base_url)
         return await measure(base_url, voice_id, args.repeat, args.seed, args.tokens_per_second)
 
     if args.url:

@@ -1,11 +1,14 @@
-"""Peak resident memory of a set of processes, sampled while a benchmark level runs."""
+"""The memory of a set of processes: peak RSS sampled while a benchmark level runs, and PSS per
+process at chosen moments."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import psutil
 
@@ -56,17 +59,47 @@ class RssSampler:
         self.sample()
 
 
-def pss_bytes(processes: list[psutil.Process]) -> int:
-    """Summed proportional set size: shared pages (torch's libraries, mapped by every replica)
-    counted once in total rather than once per process as an RSS sum counts them. Reading it
-    walks each process's page map, so it is taken once after a run, not sampled."""
-    total = 0
+def process_label(process: psutil.Process) -> str:
+    """What a process is: Ray's title for its workers (`ray::ServeReplica:cosyvoice:Vocoder`,
+    without the `.method` Ray appends while one runs), a Python process's script or module, else
+    the executable's name."""
+    cmdline = process.cmdline()
+    if cmdline and cmdline[0].startswith("ray::"):
+        return cmdline[0].split()[0].split(".")[0]
+    name = process.name()
+    if name.startswith("python"):
+        if script := next((Path(arg).name for arg in cmdline[1:] if arg.endswith(".py")), None):
+            return f"python {script}"
+        if "-m" in cmdline[:-1]:
+            return f"python -m {cmdline[cmdline.index('-m') + 1]}"
+    return name
+
+
+def pss_snapshot(processes: list[psutil.Process]) -> dict[str, Any]:
+    """Proportional set size, summed and per process label (with how many processes share it).
+
+    PSS counts a page shared by n processes as 1/n in each (torch's libraries, mapped by every
+    replica), so the sum is what the processes together take, unlike a sum of RSS. Reading it
+    walks each process's page map, so it is taken at chosen moments, not sampled.
+    """
+    by_label: dict[str, dict[str, Any]] = {}
+    total = count = 0
     for process in processes:
         try:
-            total += process.memory_full_info().pss
+            pss, label = process.memory_full_info().pss, process_label(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, AttributeError):
             continue
-    return total
+        entry = by_label.setdefault(label, {"processes": 0, "pss_bytes": 0})
+        entry["processes"] += 1
+        entry["pss_bytes"] += pss
+        total, count = total + pss, count + 1
+    return {"pss_mb": _mb(total), "processes": count,
+            "by_process": {label: {"processes": entry["processes"], "pss_mb": _mb(entry["pss_bytes"])}
+                           for label, entry in sorted(by_label.items(), key=lambda item: -item[1]["pss_bytes"])}}
+
+
+def _mb(size: int) -> float:
+    return round(size / 2**20, 1)
 
 
 def own_process() -> list[psutil.Process]:
@@ -76,3 +109,15 @@ def own_process() -> list[psutil.Process]:
 def descendants() -> list[psutil.Process]:
     """Every process started under this one: a Ray instance started here, all of it."""
     return psutil.Process().children(recursive=True)
+
+
+def process_tree(pid: int) -> Callable[[], list[psutil.Process]]:
+    """A finder for a process started elsewhere and everything under it (a server given by PID)."""
+    root = psutil.Process(pid)
+
+    def find() -> list[psutil.Process]:
+        try:
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+    return find

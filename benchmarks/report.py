@@ -32,16 +32,21 @@ def overhead(pairs: list[tuple[RequestResult, RequestResult]]) -> dict[str, Any]
 
 
 def compose(meta: dict[str, Any], service: list[LevelRun], baseline: list[LevelRun],
-            pairs: list[tuple[RequestResult, RequestResult]]) -> dict[str, Any]:
+            pairs: list[tuple[RequestResult, RequestResult]], compare: list[LevelRun] | None = None) -> dict[str, Any]:
+    """Per mode and concurrency: each side's figures, and the service's ratio to the baseline
+    (`ratio`) and to the server at --compare-url (`compare_ratio`)."""
     baseline_by_level = {(run.mode, run.concurrency): run for run in baseline}
+    compare_by_level = {(run.mode, run.concurrency): run for run in compare or []}
     results = []
     for run in service:
         entry: dict[str, Any] = {"mode": run.mode, "concurrency": run.concurrency, "service": summarize(run)}
-        if (reference := baseline_by_level.get((run.mode, run.concurrency))) is not None:
-            entry["baseline"] = summarize(reference)
-            entry["ratio"] = ratio(entry["service"], entry["baseline"])
-        else:
-            entry["baseline"], entry["ratio"] = None, None
+        for side, ratio_key, by_level in (("baseline", "ratio", baseline_by_level),
+                                          ("compare", "compare_ratio", compare_by_level)):
+            if (reference := by_level.get((run.mode, run.concurrency))) is not None:
+                entry[side] = summarize(reference)
+                entry[ratio_key] = ratio(entry["service"], entry[side])
+            else:
+                entry[side], entry[ratio_key] = None, None
         results.append(entry)
     details = overhead(pairs)
     return {**meta, "results": results, "overhead_ms": details["overhead_ms"] if details else None,
@@ -57,33 +62,69 @@ def _cell(value: Any, digits: int = 1) -> str:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """Per mode and concurrency: service, baseline and their ratio, one line each."""
-    header = (f"{'mode':<7}{'conc':>5}  {'side':<9}{'req':>5}{'err':>5}{'audio-s/s':>11}{'ttfa p50':>10}"
+    """Per mode and concurrency: each side and the service's ratios to it, one line each; then
+    start-up, memory and overhead."""
+    header = (f"{'mode':<7}{'conc':>5}  {'side':<11}{'req':>5}{'err':>5}{'audio-s/s':>11}{'ttfa p50':>10}"
               f"{'ttfa p95':>10}{'rtf':>8}{'rss MB':>9}")
-    lines = [f"model {report['model']} ({report['dtype']}), {report.get('cpus')} CPUs, "
-             f"load average {report.get('load_avg')} (start, end)", header, "-" * len(header)]
+    lines = [f"model {report['model']} ({report['dtype']}), {report.get('workload', 'sft')} workload, "
+             f"{report.get('cpus')} CPUs, load average {report.get('load_avg')} (start, end)",
+             header, "-" * len(header)]
     for entry in report["results"]:
-        for side in ("service", "baseline"):
-            figures = entry[side]
+        for side in ("service", "baseline", "compare"):
+            figures = entry.get(side)
             if figures is None:
                 continue
-            lines.append(f"{entry['mode']:<7}{entry['concurrency']:>5}  {side:<9}{figures['requests']:>5}"
+            lines.append(f"{entry['mode']:<7}{entry['concurrency']:>5}  {side:<11}{figures['requests']:>5}"
                          f"{figures['errors']:>5}{_cell(figures['throughput'], 3):>11}"
                          f"{_cell(figures['ttfa_p50_ms']):>10}{_cell(figures['ttfa_p95_ms']):>10}"
                          f"{_cell(figures['rtf'], 3):>8}{_cell(figures['peak_rss_mb'], 0):>9}")
-        if entry["ratio"] is not None:
-            r = entry["ratio"]
-            lines.append(f"{entry['mode']:<7}{entry['concurrency']:>5}  {'ratio':<9}{'':>10}"
-                         f"{_cell(r['throughput'], 2):>11}{_cell(r['ttfa_p50'], 2):>10}{'':>10}"
-                         f"{_cell(r['rtf'], 2):>8}{_cell(r['peak_rss'], 2):>9}")
-    lines.append("ttfa in ms; whole mode: ttfa = full response time; ratio = service / baseline; "
+        for key, label in (("ratio", "ratio"), ("compare_ratio", "/ compare")):
+            if (r := entry.get(key)) is not None:
+                lines.append(f"{entry['mode']:<7}{entry['concurrency']:>5}  {label:<11}{'':>10}"
+                             f"{_cell(r['throughput'], 2):>11}{_cell(r['ttfa_p50'], 2):>10}{'':>10}"
+                             f"{_cell(r['rtf'], 2):>8}{_cell(r['peak_rss'], 2):>9}")
+    lines.append("ttfa in ms; whole mode: ttfa = full response time (upstream protocol: first PCM byte); "
+                 "ratio = service / baseline, / compare = service / compared server; "
                  "rss: peak of the summed RSS (service: all its Ray processes)")
-    if (pss := report.get("pss_mb")) is not None:
-        lines.append(f"PSS after the run (shared pages counted once): service {_cell(pss['service'], 0)} MB, "
-                     f"baseline {_cell(pss['baseline'], 0)} MB")
+    lines.extend(_startup_lines(report.get("startup") or {}))
+    lines.extend(_memory_lines(report.get("memory") or {}))
     if (details := report.get("overhead")) is not None:
         lines.append(f"overhead per request (whole mode, one at a time, {details['requests']} requests): "
                      f"{details['overhead_ms']} ms (service p50 {details['service_latency_p50_ms']} ms, "
                      f"in-process p50 {details['inprocess_latency_p50_ms']} ms, same audio: {details['same_audio']}; "
                      f"target < {details['target_ms']:.0f} ms on the tiny twin)")
     return "\n".join(lines)
+
+
+def _seconds(values: dict[str, float]) -> str:
+    return ", ".join(f"{name.removesuffix('_s').replace('_', ' ')} {value:.1f} s" for name, value in values.items())
+
+
+def _startup_lines(startup: dict[str, Any]) -> list[str]:
+    lines = []
+    for side in ("service", "baseline"):
+        if (figures := startup.get(side)) is None:
+            continue
+        lines.append(f"start to ready, {side}: {figures['ready_s']:.1f} s ({_seconds(figures['phases'])}); "
+                     f"warm-up request: {_seconds(figures['warmup_s'])}")
+        for replica in figures.get("replicas", []):
+            lines.append(f"  {replica['deployment']:<24} process start {replica['process_start_s']:5.1f} s, "
+                         f"imports {replica['imports_s']:5.1f} s, constructor {replica['constructor_s']:5.1f} s, "
+                         f"ready at {replica['ready_at_s']:5.1f} s")
+    return lines
+
+
+def _memory_lines(memory: dict[str, Any]) -> list[str]:
+    lines = []
+    for side in ("service", "baseline", "compare"):
+        if not (snapshots := memory.get(side)):
+            continue
+        for moment in ("ready", "after_run"):
+            if (snapshot := snapshots.get(moment)) is None:
+                continue
+            parts = ", ".join(f"{label} {entry['pss_mb']:.0f}" + (f" (x{entry['processes']})"
+                                                                   if entry["processes"] > 1 else "")
+                              for label, entry in snapshot["by_process"].items())
+            lines.append(f"PSS, {side}, {moment.replace('_', ' ')}: {snapshot['pss_mb']:.0f} MB over "
+                         f"{snapshot['processes']} processes ({parts})")
+    return lines

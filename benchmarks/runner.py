@@ -4,8 +4,9 @@
    over HTTP at each concurrency in each mode while its processes' memory is sampled. Then the
    overhead pairs: requests sent one at a time, each also run through the in-process path. Then
    the service is shut down, so the next phase has the machine to itself.
-2. The baseline, in a child process: the same requests at the same concurrencies and modes.
-3. The report: a table, then one JSON object as the last line of stdout.
+2. The server at --compare-url, if given: the same warm-up and levels, in its protocol.
+3. The baseline, in a child process: the same requests at the same concurrencies and modes.
+4. The report: a table, then one JSON object as the last line of stdout.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.clients import PROTOCOLS, ServerProtocol, ServiceProtocol, protocol_for
 from benchmarks.options import ModelOptions, add_common_arguments, model_options, positive_int
 from benchmarks.report import compose, format_table
-from benchmarks.workload import MODES, LevelRun, RequestResult, build_workload, warmup_request
+from benchmarks.workload import MODES, WORKLOADS, LevelRun, RequestResult, Speaker, build_workload, warmup_request
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,9 @@ def _modes(text: str) -> tuple[str, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
+    parser.add_argument("--workload", choices=WORKLOADS, default="sft",
+                        help="sft: a pretrained voice by id (default); zero-shot: a 3 s prompt recording and its "
+                             "transcript uploaded with every request")
     parser.add_argument("--concurrency", type=_int_list, default=None,
                         help="comma-separated concurrency levels (default 1,4,8,16; --quick: 1,2)")
     parser.add_argument("--requests", type=positive_int, default=None,
@@ -65,7 +71,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--quick: 2 x concurrency)")
     parser.add_argument("--modes", type=_modes, default=MODES, help="comma-separated: stream,whole (default both)")
     parser.add_argument("--url", help="benchmark the service already running at this base URL instead of starting "
-                                      "one (its memory is then not measured; give the --model-dir it serves)")
+                                      "one (its memory and start-up are then not measured; give the --model-dir it "
+                                      "serves)")
+    parser.add_argument("--compare-url", help="also drive the server at this base URL with the same workload (after "
+                                              "the service has stopped), e.g. the one you run now")
+    parser.add_argument("--compare-protocol", choices=PROTOCOLS, default="cosyvoice-serve",
+                        help="the API of --compare-url: cosyvoice-serve (this service) or upstream (CosyVoice's own "
+                             "FastAPI server, runtime/python/fastapi/server.py: whole mode only)")
+    parser.add_argument("--compare-sample-rate", type=positive_int, default=24000,
+                        help="sample rate of the raw PCM an upstream server answers with (default 24000, CosyVoice2)")
+    parser.add_argument("--compare-pid", type=positive_int,
+                        help="PID of the --compare-url server, when it runs on this machine: its process tree's PSS "
+                             "and peak RSS are then reported")
     parser.add_argument("--no-baseline", action="store_true", help="skip the upstream baseline (service figures "
                                                                    "and overhead only)")
     parser.add_argument("--quick", action="store_true",
@@ -83,6 +100,11 @@ class BenchOptions(ModelOptions):
     voice: str | None
     seed: int
     baseline: bool
+    workload: str = "sft"
+    compare_url: str | None = None
+    compare_protocol: str = "cosyvoice-serve"
+    compare_sample_rate: int = 24000
+    compare_pid: int | None = None
 
     def requests_for(self, concurrency: int) -> int:
         if self.requests is not None:
@@ -104,82 +126,126 @@ def resolve_options(args: argparse.Namespace) -> BenchOptions:
     concurrency = args.concurrency or (QUICK_CONCURRENCY if args.quick else DEFAULT_CONCURRENCY)
     return BenchOptions(**vars(model), concurrency=concurrency, modes=args.modes, requests=args.requests,
                         quick=args.quick, url=args.url.rstrip("/") if args.url else None, voice=args.voice,
-                        seed=args.seed, baseline=not args.no_baseline)
+                        seed=args.seed, baseline=not args.no_baseline, workload=args.workload,
+                        compare_url=args.compare_url.rstrip("/") if args.compare_url else None,
+                        compare_protocol=args.compare_protocol, compare_sample_rate=args.compare_sample_rate,
+                        compare_pid=args.compare_pid)
 
 
 @dataclass
-class ServicePhase:
+class ServerRun:
+    """One server driven through the workload: the service, or the one at --compare-url."""
+
     runs: list[LevelRun]
-    voice_id: str
+    speaker: Speaker
+    #: The first request of each mode, before any measured one.
+    warmup_s: dict[str, float]
+    #: PSS snapshots ("ready": after the warm-up; "after_run"), when its processes are known.
+    memory: dict[str, Any] = field(default_factory=dict)
+    #: Start to ready (a server started here only).
+    startup: dict[str, Any] | None = None
     #: (service, in-process) results of the same whole-mode requests, sent alternately.
-    pairs: list[tuple[RequestResult, RequestResult]]
-    pss_bytes: int | None
+    pairs: list[tuple[RequestResult, RequestResult]] = field(default_factory=list)
 
 
-async def measure_overhead(base_url: str, options: BenchOptions, voice_id: str
+async def speaker_for(base_url: str, protocol: ServerProtocol, options: BenchOptions) -> Speaker:
+    if options.workload == "zero-shot":
+        return Speaker.zero_shot()
+    return Speaker("sft", voice_id=options.voice or await protocol.default_voice(base_url))
+
+
+async def drive(base_url: str, protocol: ServerProtocol, options: BenchOptions,
+                processes: Callable[[], list[Any]] | None = None, label: str = "service") -> ServerRun:
+    """Warm a server up, then run every level in the modes it offers; `processes` lists its
+    processes (None: not measurable)."""
+    import httpx
+
+    from benchmarks.clients import REQUEST_TIMEOUT, run_level, wait_ready
+    from benchmarks.memory import RssSampler, pss_snapshot
+
+    await wait_ready(base_url, protocol)
+    speaker = await speaker_for(base_url, protocol, options)
+    modes = [mode for mode in options.modes if mode == "whole" or protocol.streams]
+    if len(modes) < len(options.modes):
+        logger.warning("%s (%s protocol) has no streaming mode; its stream levels are skipped", label, protocol.name)
+    warmup_s = {}
+    async with httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT) as client:
+        for mode in modes:
+            warm = await protocol.request(client, warmup_request(), mode == "stream", speaker)
+            if not warm.ok:
+                raise RuntimeError(f"the {label} failed its warm-up request: {warm.error}")
+            warmup_s[mode] = round(warm.latency_s, 3)
+    memory = {"ready": await asyncio.to_thread(lambda: pss_snapshot(processes()))} if processes is not None else {}
+    runs = []
+    for mode, concurrency, count in options.levels():
+        if mode not in modes:
+            continue
+        sampler = RssSampler(processes) if processes is not None else None
+        with sampler if sampler is not None else contextlib.nullcontext():
+            results, wall = await run_level(base_url, protocol, build_workload(count, options.seed), concurrency,
+                                            mode == "stream", speaker)
+        runs.append(LevelRun(mode=mode, concurrency=concurrency, wall_s=wall, results=results,
+                             peak_rss_bytes=sampler.peak_bytes if sampler is not None else None))
+        failed = sum(not result.ok for result in results)
+        logger.info("%s %s c=%d: %d requests in %.1f s%s", label, mode, concurrency, count, wall,
+                    f", {failed} failed" if failed else "")
+    if processes is not None:
+        memory["after_run"] = await asyncio.to_thread(lambda: pss_snapshot(processes()))
+    return ServerRun(runs=runs, speaker=speaker, warmup_s=warmup_s, memory=memory)
+
+
+async def measure_overhead(base_url: str, options: BenchOptions, speaker: Speaker
                            ) -> list[tuple[RequestResult, RequestResult]]:
     """Each request once through the service and once in-process, alternating which goes first
     so that drift in the machine's speed falls on both sides alike."""
     import httpx
 
+    from benchmarks.clients import REQUEST_TIMEOUT
     from benchmarks.inprocess import load_inprocess
-    from benchmarks.service import REQUEST_TIMEOUT, http_request
 
-    pipeline = await asyncio.to_thread(load_inprocess, str(options.model_dir), options.dtype, voice_id,
-                                       options.torch_threads)
+    protocol = ServiceProtocol()
+    pipeline = await asyncio.to_thread(load_inprocess, str(options.model_dir), options.dtype, speaker,
+                                       options.inprocess_threads)
     await asyncio.to_thread(pipeline.request, warmup_request())
     pairs = []
     async with httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT) as client:
         for request in build_workload(options.overhead_requests(), options.seed):
             if request.index % 2 == 0:
-                remote = await http_request(client, request, False, voice_id)
+                remote = await protocol.request(client, request, False, speaker)
                 local = await asyncio.to_thread(pipeline.request, request)
             else:
                 local = await asyncio.to_thread(pipeline.request, request)
-                remote = await http_request(client, request, False, voice_id)
+                remote = await protocol.request(client, request, False, speaker)
             pairs.append((remote, local))
     return pairs
 
 
-async def drive_service(base_url: str, options: BenchOptions, processes: Any = None) -> ServicePhase:
-    """Warm the service up, run every level, then the overhead pairs; `processes` lists the
-    service's processes (None: not measurable)."""
-    import httpx
-
-    from benchmarks.memory import RssSampler, pss_bytes
-    from benchmarks.service import REQUEST_TIMEOUT, http_request, pick_voice, run_level, wait_ready
-
-    await wait_ready(base_url)
-    voice_id = options.voice or await pick_voice(base_url)
-    async with httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT) as client:
-        for mode in options.modes:
-            warm = await http_request(client, warmup_request(), mode == "stream", voice_id)
-            if not warm.ok:
-                raise RuntimeError(f"the service failed its warm-up request: {warm.error}")
-    runs = []
-    for mode, concurrency, count in options.levels():
-        sampler = RssSampler(processes) if processes is not None else None
-        with sampler if sampler is not None else contextlib.nullcontext():
-            results, wall = await run_level(base_url, build_workload(count, options.seed), concurrency,
-                                            mode == "stream", voice_id)
-        runs.append(LevelRun(mode=mode, concurrency=concurrency, wall_s=wall, results=results,
-                             peak_rss_bytes=sampler.peak_bytes if sampler is not None else None))
-        failed = sum(not result.ok for result in results)
-        logger.info("service %s c=%d: %d requests in %.1f s%s", mode, concurrency, count, wall,
-                    f", {failed} failed" if failed else "")
-    pss = await asyncio.to_thread(lambda: pss_bytes(processes())) if processes is not None else None
-    pairs = await measure_overhead(base_url, options, voice_id)
-    logger.info("overhead: %d request pairs", len(pairs))
-    return ServicePhase(runs=runs, voice_id=voice_id, pairs=pairs, pss_bytes=pss)
+async def drive_service(base_url: str, options: BenchOptions, service: Any = None) -> ServerRun:
+    """The service's levels, then the overhead pairs; `service`: a `LocalService` started here."""
+    processes = service.processes if service is not None else None
+    run = await drive(base_url, ServiceProtocol(), options, processes)
+    if service is not None:
+        run.startup = dict(await asyncio.to_thread(service.startup), warmup_s=run.warmup_s)
+    run.pairs = await measure_overhead(base_url, options, run.speaker)
+    logger.info("overhead: %d request pairs", len(run.pairs))
+    return run
 
 
-def run_service(options: BenchOptions) -> ServicePhase:
+def run_service(options: BenchOptions) -> ServerRun:
     if options.url:
         return asyncio.run(drive_service(options.url, options))
     from benchmarks.service import LocalService
 
     with LocalService(options.model_dir, options.dtype, options.torch_threads) as service:
-        return asyncio.run(drive_service(service.base_url, options, service.processes))
+        return asyncio.run(drive_service(service.base_url, options, service))
+
+
+def run_compare(options: BenchOptions) -> ServerRun:
+    from benchmarks.memory import process_tree
+
+    protocol = protocol_for(options.compare_protocol, options.compare_sample_rate)
+    processes = process_tree(options.compare_pid) if options.compare_pid else None
+    return asyncio.run(drive(options.compare_url, protocol, options, processes, label="compared server"))
 
 
 def _stderr_fd() -> int | None:
@@ -190,42 +256,60 @@ def _stderr_fd() -> int | None:
         return None
 
 
-def run_baseline(options: BenchOptions, voice_id: str) -> dict[str, Any]:
-    """The baseline in a child process (see `benchmarks.baseline`): its levels, torch threads
-    and memory."""
+def run_baseline(options: BenchOptions, speaker: Speaker) -> dict[str, Any]:
+    """The baseline in a child process (see `benchmarks.baseline`): its levels, torch threads,
+    start-up and memory."""
     from benchmarks.baseline import BaselinePlan
 
-    plan = BaselinePlan(model_dir=str(options.model_dir), dtype=options.dtype, voice_id=voice_id,
-                        levels=options.levels(), seed=options.seed)
+    plan = BaselinePlan(model_dir=str(options.model_dir), dtype=options.dtype, voice_id=speaker.voice_id,
+                        levels=options.levels(), seed=options.seed, workload=options.workload)
     with tempfile.TemporaryDirectory(prefix="cvbench-") as workdir:
         plan_path, result_path = Path(workdir) / "plan.json", Path(workdir) / "result.json"
         plan_path.write_text(json.dumps(asdict(plan)))
+        launched = time.time()
         completed = subprocess.run([sys.executable, "-m", "benchmarks.baseline", str(plan_path),
                                     str(result_path)], stdout=_stderr_fd(), check=False)
         if completed.returncode != 0 or not result_path.is_file():
             raise RuntimeError(f"the baseline process failed (exit status {completed.returncode})")
         result = json.loads(result_path.read_text())
     result["levels"] = [LevelRun.from_dict(level) for level in result["levels"]]
+    times = result.pop("times")
+    # The OS dates a process to its clock tick, which may fall just before `launched`.
+    created = max(times["created"], launched)
+    result["startup"] = {"ready_s": round(times["loaded"] - launched, 2),
+                         "phases": {"process_start_s": round(created - launched, 2),
+                                    "imports_s": round(times["imported"] - created, 2),
+                                    "model_load_s": round(times["loaded"] - times["imported"], 2)},
+                         "warmup_s": result.pop("warmup_s")}
     return result
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark; 0 when every service request succeeded (the baseline may fail requests)."""
+    """Run the benchmark; 0 when every service request succeeded (the baseline and a compared
+    server may fail requests)."""
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     options = resolve_options(args)
-    logger.info("benchmarking %s (%s): modes %s, concurrency %s", options.model_dir, options.dtype,
-                ",".join(options.modes), ",".join(map(str, options.concurrency)))
+    logger.info("benchmarking %s (%s, %s): modes %s, concurrency %s", options.model_dir, options.dtype,
+                options.workload, ",".join(options.modes), ",".join(map(str, options.concurrency)))
     service = run_service(options)
-    baseline = run_baseline(options, service.voice_id) if options.baseline else None
+    compare = run_compare(options) if options.compare_url else None
+    baseline = run_baseline(options, service.speaker) if options.baseline else None
     meta = {"model": str(options.model_dir), "size": options.size, "dtype": options.dtype, "quick": options.quick,
-            "service": options.url or "local", "voice_id": service.voice_id, "seed": options.seed,
-            "modes": list(options.modes), "concurrency": list(options.concurrency), "cpus": os.cpu_count(),
-            "service_torch_threads": options.torch_threads,
+            "workload": options.workload, "service": options.url or "local", "voice_id": service.speaker.voice_id,
+            "seed": options.seed, "modes": list(options.modes), "concurrency": list(options.concurrency),
+            "cpus": os.cpu_count(), "service_torch_threads": options.torch_threads,
             "baseline_torch_threads": baseline["torch_threads"] if baseline else None,
+            "compare": {"url": options.compare_url, "protocol": options.compare_protocol,
+                        "pid": options.compare_pid} if compare else None,
             # Other work on the machine skews every figure; the 1-minute load average says how much there was.
             "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-            "pss_mb": {"service": _mb(service.pss_bytes), "baseline": _mb(baseline["pss_bytes"] if baseline else None)}}
-    report = compose(meta, service.runs, baseline["levels"] if baseline else [], service.pairs)
+            "pss_mb": {"service": _pss_mb(service.memory), "baseline": _pss_mb(baseline["memory"] if baseline else {}),
+                       "compare": _pss_mb(compare.memory) if compare else None},
+            "startup": {"service": service.startup, "baseline": baseline["startup"] if baseline else None},
+            "memory": {"service": service.memory or None, "baseline": baseline["memory"] if baseline else None,
+                       "compare": (compare.memory or None) if compare else None}}
+    report = compose(meta, service.runs, baseline["levels"] if baseline else [], service.pairs,
+                     compare.runs if compare else None)
     report["elapsed_s"] = round(time.perf_counter() - started, 1)
     line = json.dumps(report)
     if args.output:
@@ -235,5 +319,6 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(result.ok for run in service.runs for result in run.results) else 1
 
 
-def _mb(size: int | None) -> float | None:
-    return None if size is None else round(size / 2**20, 1)
+def _pss_mb(memory: dict[str, Any]) -> float | None:
+    """The process tree's PSS after the run (None where it was not measured)."""
+    return memory["after_run"]["pss_mb"] if "after_run" in memory else None

@@ -12,9 +12,11 @@ from typing import Any
 import httpx
 import psutil
 
+from benchmarks.clients import REQUEST_TIMEOUT, ServiceProtocol, wait_ready
+from benchmarks.memory import process_label
 from benchmarks.options import add_common_arguments, model_options, positive_int
-from benchmarks.service import REQUEST_TIMEOUT, LocalService, http_request, pick_voice, wait_ready
-from benchmarks.workload import build_workload
+from benchmarks.service import LocalService
+from benchmarks.workload import Speaker, build_workload
 
 #: Growth allowed between the warm-up and the end. Caches fill during the warm-up, so what grows
 #: past it by more than this is taken for a leak and fails the soak.
@@ -30,12 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def process_rss(processes: list[psutil.Process]) -> dict[str, int]:
-    """RSS by process title (Ray titles its workers, e.g. `ray::ServeReplica:cosyvoice:Vocoder`)."""
+    """RSS by process label and PID (Ray titles its workers, e.g. `ray::ServeReplica:cosyvoice:Vocoder`)."""
     sizes = {}
     for process in processes:
         try:
-            title = (process.cmdline() or [process.name()])[0]
-            sizes[f"{title} ({process.pid})"] = process.memory_info().rss
+            sizes[f"{process_label(process)} ({process.pid})"] = process.memory_info().rss
         except psutil.Error:
             continue
     return sizes
@@ -43,11 +44,12 @@ def process_rss(processes: list[psutil.Process]) -> dict[str, int]:
 
 async def soak(base_url: str, processes: Any, count: int, warmup: int, seed: int, voice_id: str) -> dict[str, Any]:
     """Send `count` whole-mode requests one after another; compare per-process RSS."""
+    protocol, speaker = ServiceProtocol(), Speaker("sft", voice_id=voice_id)
     before: dict[str, int] = {}
     failures = 0
     async with httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT) as client:
         for request in build_workload(count, seed):
-            failures += not (await http_request(client, request, False, voice_id)).ok
+            failures += not (await protocol.request(client, request, False, speaker)).ok
             if request.index + 1 == warmup:
                 before = process_rss(processes())
     after = process_rss(processes())
@@ -68,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
     model = model_options(args)
 
     async def drive(base_url: str, processes: Any) -> dict[str, Any]:
-        await wait_ready(base_url)
-        voice_id = args.voice or await pick_voice(base_url)
+        await wait_ready(base_url, ServiceProtocol())
+        voice_id = args.voice or await ServiceProtocol().default_voice(base_url)
         return await soak(base_url, processes, args.requests, min(args.warmup, args.requests), args.seed, voice_id)
 
     with LocalService(model.model_dir, model.dtype, model.torch_threads) as service:

@@ -1,7 +1,8 @@
 """The benchmark's fixed workload, and the figures computed from its requests.
 
-Both sides of the comparison (the service over HTTP, the upstream-style baseline in one process)
-run exactly these requests and are summarised by the same functions, so their figures compare.
+Every side of the comparison (the service over HTTP, a server at --compare-url, the upstream-style
+baseline in one process) runs exactly these requests with the same speaker, and is summarised by
+the same functions, so their figures compare.
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ WARMUP_TEXT = "This sentence warms the pipeline up."
 WARMUP_SEED = 2**31 - 1
 
 MODES = ("stream", "whole")
+#: sft: a pretrained voice by id; zero-shot: a prompt recording and its transcript uploaded with
+#: every request, so each one pays the prompt's feature extraction.
+WORKLOADS = ("sft", "zero-shot")
+PROMPT_SECONDS = 3.0
+PROMPT_TEXT = "Hello, this is a sample of my voice."
+#: Pitch and noise seed of the uploaded prompt: a voice none of the twin's pretrained ones has.
+PROMPT_F0, PROMPT_SEED = 180.0, 1
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,25 @@ class BenchRequest:
     index: int
     text: str
     seed: int
+
+
+@dataclass(frozen=True)
+class Speaker:
+    """Who speaks every request of a run: a registered voice (sft), or a prompt uploaded with
+    each request (zero-shot)."""
+
+    workload: str
+    voice_id: str | None = None
+    prompt_wav: bytes | None = None
+    prompt_text: str | None = None
+
+    @classmethod
+    def zero_shot(cls) -> Speaker:
+        """The fixed prompt: `PROMPT_SECONDS` of speech-like audio as a 16 kHz WAV, with its transcript."""
+        from tts_core.synthetic_speech import speech_like_wav
+
+        return cls("zero-shot", prompt_wav=speech_like_wav(PROMPT_SECONDS, f0=PROMPT_F0, seed=PROMPT_SEED),
+                   prompt_text=PROMPT_TEXT)
 
 
 def build_workload(count: int, seed: int = 0) -> list[BenchRequest]:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Protocol
+import time
+from collections import OrderedDict, defaultdict
+from typing import Any, Protocol
 
 import numpy as np
 from ray import serve
+from ray.serve.config import RequestRouterConfig
+from ray.serve.experimental.consistent_hash_router import ConsistentHashRouter
 
-from deployments.metrics import StageLoad
-from deployments.model_stage import ModelThread, load_stage
+from deployments.metrics import StageLoad, metric
+from deployments.model_stage import ModelThread, core_budget, load_stage
 from tts_core.settings import Settings
 from tts_core.wire import FlowPrompt
 from tts_model.flow_decode import FlowRequest, flow_mel_batch
@@ -51,22 +54,34 @@ class StreamCacheStore:
         return True
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=16)
+#: Every call of one stream goes to the same replica, the one holding its decoder state: callers name
+#: the stream as the call's session id and the replicas sit on a consistent-hash ring. No fallback
+#: to another replica under load (there the chunk would cost a full decode); only when its replica
+#: is gone does a stream move, to the ring's next one.
+STREAM_AFFINITY = RequestRouterConfig(request_router_class=ConsistentHashRouter,
+                                      request_router_kwargs={"num_fallback_replicas": 0})
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=16,
+                  request_router_config=STREAM_AFFINITY)
 class FlowDecoder:
     """Stateless for correctness: the stream's token offset arrives with each call.
 
     Streamed chunks are decoded incrementally from the stream's decoder state, which the replica
     keeps between chunks (`tts_model.flow_incremental`), so each costs the same however long the
-    utterance; a replica without it decodes from the start, as upstream does. Whole utterances and
-    final chunks are batched: calls that arrive while a batch runs form the next one, so a busy
-    replica runs one estimator pass for many requests and an idle one waits for nobody.
+    utterance; a replica without it (the stream's replica died, or dropped the state for room)
+    decodes from the start, as upstream does. Whole utterances and final chunks are batched: calls
+    that arrive while a batch runs form the next one, so a busy replica runs one estimator pass for
+    many requests and an idle one waits for nobody.
     """
 
     def __init__(self, settings: Settings):
         self.model, _ = load_stage(settings, ["flow"])
-        self.worker = ModelThread()
+        self.worker = ModelThread(core_budget(settings))
         self.stream_caches = StreamCacheStore(int(settings.flow_stream_cache_mb * 2**20))
         self.load = StageLoad("flow")
+        # Streamed chunks by how they were decoded (see `_decode_streamed`), and their decoding seconds.
+        self.streamed: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
         self.decode_batch.set_max_batch_size(settings.flow_max_batch_size)
         self.decode_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
 
@@ -99,15 +114,29 @@ class FlowDecoder:
         return mels  # type: ignore[return-value]
 
     def _decode_streamed(self, request: FlowRequest, key: str) -> np.ndarray:
+        """One streamed chunk; counted as `first` (a stream's first chunk), `cached` (continued from the
+        state this replica kept) or `from_start` (a later chunk without that state: a full decode)."""
+        started = time.perf_counter()
         cache: FlowStreamCache | None = self.stream_caches.take(key)  # type: ignore[assignment]
+        kind = "cached" if cache is not None else "from_start" if request.token_offset else "first"
         try:
             mel, cache = flow_mel_incremental(self.model.flow, request.tokens, request.prompt, request.token_offset,
                                               cache, self.model.token_mel_ratio)
         except ValueError:  # state from a later point of the stream (a retried chunk): start over
+            kind = "from_start"
             mel, cache = flow_mel_incremental(self.model.flow, request.tokens, request.prompt, request.token_offset,
                                               None, self.model.token_mel_ratio)
         self.stream_caches.put(key, cache)
+        self.streamed[kind][0] += 1
+        self.streamed[kind][1] += time.perf_counter() - started
+        metric("cosyvoice_flow_streamed_chunks_total").inc(tags={"decode": kind})
         return mel
+
+    def stream_stats(self) -> dict[str, Any]:
+        """This replica's streamed chunks by how they were decoded: count and decoding seconds of each kind."""
+        return {"replica": serve.get_replica_context().replica_id.unique_id,
+                "chunks": {kind: count for kind, (count, _) in self.streamed.items()},
+                "seconds": {kind: round(seconds, 4) for kind, (_, seconds) in self.streamed.items()}}
 
     def check_health(self) -> None:
         if self.model.flow is None:

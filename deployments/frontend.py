@@ -8,7 +8,7 @@ from ray import serve
 from deployments.metrics import StageLoad
 from deployments.model_stage import load_stage
 from tts_core.settings import Settings
-from tts_core.wire import FrontendError, VoiceFeatures
+from tts_core.wire import VoiceFeatures
 from tts_model.frontend import END_OF_PROMPT, TextFrontend, VoiceFeatureExtractor, voice_from_spk2info
 
 
@@ -31,10 +31,7 @@ class TextFrontendDeployment:
     def text_segments(self, text: str) -> list[list[int]]:
         """Normalise and split `text`; one token list per segment the model speaks in one go."""
         with self.load:
-            segments = [tokens for tokens in map(self.text.tokenize, self.text.normalize(text)) if tokens]
-        if not segments:
-            raise FrontendError("text has nothing to speak")
-        return segments
+            return self.text.segments(text)
 
     def streamed_text_tokens(self, piece: str, space_before: bool) -> list[int]:
         """Tokens of one piece of text that is still being written (ending at a word boundary),
@@ -49,16 +46,11 @@ class TextFrontendDeployment:
         """CosyVoice2's instruct prompt: the instruction, then the end-of-prompt token."""
         return self.text.tokenize(instruct_text.strip() + END_OF_PROMPT)
 
-    def prompt_text_tokens(self, prompt_text: str) -> list[int]:
-        """A prompt transcript, normalised (not split) as upstream does."""
-        normalized = self.text.normalize(prompt_text, split=False)
-        return self.text.tokenize(normalized[0]) if normalized else []
-
     def extract_voice(self, samples: np.ndarray, sample_rate: int, prompt_text: str | None = None) -> VoiceFeatures:
         """Model features of a prompt recording (any rate; resampled to 16 kHz; 0.5-30 s)."""
         with self.load:
             speech_16k = self.voices.to_prompt_rate(samples, sample_rate)
-            text_tokens = self.prompt_text_tokens(prompt_text) if prompt_text and prompt_text.strip() else []
+            text_tokens = self.text.prompt_tokens(prompt_text) if prompt_text and prompt_text.strip() else []
             return self.voices.extract(speech_16k, text_tokens)
 
     def pretrained_voices(self) -> dict[str, VoiceFeatures]:

@@ -26,7 +26,7 @@ from ray import serve
 
 from deployments.bistream_inbox import bistream_inbox_actor
 from deployments.metrics import StageLoad, metric
-from deployments.model_stage import load_stage
+from deployments.model_stage import core_budget, forward_pass, load_stage, precision
 from tts_core.settings import Settings
 from tts_core.wire import BistreamInput, BistreamRequest, BistreamTokens, SpeechTokenRequest
 from tts_model.llm_decode import BistreamState, DecodeState, SpeechTokenDecoder
@@ -57,7 +57,9 @@ class SpeechTokenLLM:
     def __init__(self, settings: Settings):
         self.model, _ = load_stage(settings, ["llm"])
         self.decoder = SpeechTokenDecoder(self.model.llm, self.model.sampling_params)
-        self.inbox = bistream_inbox_actor(settings.app_name)
+        self.budget = core_budget(settings)
+        # The inbox actor is looked up when the first bistream sequence comes.
+        self.app_name, self.inbox = settings.app_name, None
         self.ids = itertools.count()
         # Shared with the decoding thread, under `changed`: who joins, who left, what arrived.
         self.changed = threading.Condition()
@@ -88,6 +90,8 @@ class SpeechTokenLLM:
     async def generate_bistream(self, request: BistreamRequest) -> AsyncIterator[BistreamTokens]:
         """Yield the speech tokens of a sequence whose text is posted to the inbox under `request.key`
         while it runs (with `text_end` once it is complete); it ends after the text has been spoken."""
+        if self.inbox is None:
+            self.inbox = bistream_inbox_actor(self.app_name)
         sequence = self._join(request, stream=True)
         puller = asyncio.create_task(self._pull_inbox(sequence))
         try:
@@ -156,8 +160,9 @@ class SpeechTokenLLM:
                     continue
                 try:
                     request = sequence.request
-                    sequence.state = (self.decoder.start_bistream(request) if isinstance(request, BistreamRequest)
-                                      else self.decoder.start(request))
+                    with forward_pass(self.budget):
+                        sequence.state = (self.decoder.start_bistream(request)
+                                          if isinstance(request, BistreamRequest) else self.decoder.start(request))
                     self.sequences[sequence.sequence_id] = sequence
                 except Exception as exc:  # e.g. a prompt the model cannot take: fail this request only
                     logger.exception("speech-token decoding failed to start")
@@ -165,11 +170,11 @@ class SpeechTokenLLM:
             for sequence_id, messages in arrived.items():
                 if (sequence := self.sequences.get(sequence_id)) is not None:
                     self._take_messages(sequence, messages, deliveries)
-            ready = [(sequence_id, sequence) for sequence_id, sequence in self.sequences.items()
-                     if self._can_step(sequence)]
+            ready = [sequence for sequence in self.sequences.values() if self._can_step(sequence)]
             runnable = bool(ready)
             if ready:
-                deliveries += self._step_all(ready)
+                with forward_pass(self.budget):
+                    deliveries += self._step_all(ready)
             deliveries += self._remove_finished()
             if len(self.sequences) != self.load.depth:
                 self.load.set(len(self.sequences))
@@ -193,34 +198,38 @@ class SpeechTokenLLM:
         if (isinstance(state, BistreamState) and request.ahead_tokens is not None
                 and state.speech_tokens - sequence.acked >= request.ahead_tokens):
             return False  # its consumer is behind: wait for its acknowledgement
-        return self.decoder.ready(state)
-
-    def _step_all(self, batch: list[tuple[int, _Sequence]]) -> list[tuple[asyncio.Queue, _Item]]:
-        """One token for every ready sequence; returns what each sequence's queue gets."""
         try:
-            tokens = self.decoder.step_batch([sequence.state for _, sequence in batch])
-            results: list[tuple[int, int | None, BaseException | None]] = [
-                (sequence_id, token, None) for (sequence_id, _), token in zip(batch, tokens, strict=True)]
-        except Exception:
-            logger.exception("batched decoding step failed; retrying the sequences one by one")
-            results = []
-            for sequence_id, sequence in batch:
-                try:
-                    results.append((sequence_id, self.decoder.step(sequence.state), None))
-                except Exception as exc:  # one broken sequence must not stop the others
-                    logger.exception("speech-token decoding failed")
-                    results.append((sequence_id, None, exc))
+            return self.decoder.ready(state)
+        except Exception as exc:  # e.g. text the model cannot embed: this sequence alone fails
+            state.fail(exc)
+            return False
+
+    def _step_all(self, batch: list[_Sequence]) -> list[tuple[asyncio.Queue, _Item]]:
+        """One token for every ready sequence; returns what each sequence's queue gets.
+
+        The decoder fails a broken sequence alone (the others step on as if it had never joined);
+        should a step fail as a whole, this batch's requests fail and the thread serves the next ones.
+        """
+        try:
+            tokens = self.decoder.step_batch([sequence.state for sequence in batch])
+        except Exception as exc:
+            logger.exception("speech-token decoding step failed")
+            tokens = [None] * len(batch)
+            for sequence in batch:
+                sequence.state.fail(exc)
         deliveries: list[tuple[asyncio.Queue, _Item]] = []
         emitted = 0
-        for sequence_id, token, error in results:
-            sequence = self.sequences[sequence_id]
-            if error is not None:
-                deliveries.append((sequence.queue, error))
-                del self.sequences[sequence_id]
+        for sequence, token in zip(batch, tokens, strict=True):
+            state = sequence.state
+            if state.error is not None:
+                logger.error("speech-token decoding failed for sequence %d", sequence.sequence_id,
+                             exc_info=state.error)
+                deliveries.append((sequence.queue, state.error))
+                del self.sequences[sequence.sequence_id]
             elif token is not None:
                 emitted += 1
                 if sequence.stream:
-                    deliveries.append((sequence.queue, ([token], self._text_fed(sequence.state))))
+                    deliveries.append((sequence.queue, ([token], self._text_fed(state))))
         if emitted:
             self.tokens_generated += emitted
             metric("cosyvoice_llm_tokens_total").inc(emitted)
@@ -229,7 +238,10 @@ class SpeechTokenLLM:
     def _remove_finished(self) -> list[tuple[asyncio.Queue, _Item]]:
         deliveries: list[tuple[asyncio.Queue, _Item]] = []
         for sequence_id, sequence in list(self.sequences.items()):
-            if sequence.state.finished:
+            if sequence.state.error is not None:
+                deliveries.append((sequence.queue, sequence.state.error))
+                del self.sequences[sequence_id]
+            elif sequence.state.finished:
                 if not sequence.stream:
                     deliveries.append((sequence.queue, (list(sequence.state.out_tokens), 0)))
                 deliveries.append((sequence.queue, None))
@@ -238,6 +250,10 @@ class SpeechTokenLLM:
 
     def _text_fed(self, state: DecodeState) -> int:
         return self.decoder.text_fed(state) if isinstance(state, BistreamState) else 0
+
+    def precision(self) -> str:
+        """The dtype this replica decodes in (`dtype: auto` resolves per device)."""
+        return precision(self.model)
 
     def stats(self) -> dict[str, int]:
         """Tokens generated by this replica so far, and sequences being decoded now."""

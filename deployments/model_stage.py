@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -25,9 +26,11 @@ for _name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
 
 import torch  # noqa: E402
 
+from deployments.core_budget import CoreBudget  # noqa: E402
+from deployments.replica_logging import quiet_health_checks  # noqa: E402
 from tts_core.settings import Settings  # noqa: E402
 from tts_model.default_model import resolve_model_dir  # noqa: E402
-from tts_model.loader import CosyVoice2Model, Part, load_model  # noqa: E402
+from tts_model.loader import DTYPES, CosyVoice2Model, Part, load_model  # noqa: E402
 
 logger = logging.getLogger("ray.serve")
 
@@ -38,14 +41,35 @@ def load_stage(settings: Settings, parts: list[Part], device: str | None = None)
     """Load `parts` of the configured model (the cached tiny twin if none is configured).
 
     Returns the model and whether it is the random-weight twin. Ray gives replicas with
-    fractional CPUs OMP_NUM_THREADS=1, so torch's thread count is set explicitly.
+    fractional CPUs OMP_NUM_THREADS=1, so torch's thread count is set explicitly (with
+    `torch_threads: 0`, per forward pass by the replica's `core_budget`).
     """
-    torch.set_num_threads(settings.torch_threads)
+    quiet_health_checks()
+    torch.set_num_threads(settings.torch_threads or 1)
     model_dir, is_twin = resolve_model_dir(settings.model_dir, settings.model_cache_dir)
     if is_twin:
         logger.warning("serving the random-weight CosyVoice2 twin at %s (set COSYVOICE_MODEL_DIR for real weights)",
                        model_dir)
-    return load_model(model_dir, parts=parts, device=device or settings.device, dtype=settings.dtype), is_twin
+    model = load_model(model_dir, parts=parts, device=device or settings.device, dtype=settings.dtype)
+    if any(part in parts for part in ("llm", "flow")):
+        logger.info("precision of %s on %s: %s (setting: %s)", "+".join(parts), model.device, precision(model),
+                    settings.dtype)
+    return model, is_twin
+
+
+def precision(model: CosyVoice2Model) -> str:
+    """The name of the dtype the LLM and flow run in."""
+    return next(name for name, dtype in DTYPES.items() if dtype == model.dtype)
+
+
+def core_budget(settings: Settings) -> CoreBudget | None:
+    """The node's shared cores, when the thread count is not fixed by `torch_threads`."""
+    return None if settings.torch_threads else CoreBudget(settings.app_name)
+
+
+def forward_pass(budget: CoreBudget | None) -> contextlib.AbstractContextManager:
+    """Around one forward pass: its share of the node's cores, or the fixed thread count."""
+    return budget.forward() if budget is not None else contextlib.nullcontext()
 
 
 class ModelThread:
@@ -53,8 +77,13 @@ class ModelThread:
     queueing into the next batch). One thread, not a pool: warm kernel caches and one malloc
     arena, and never two forwards into one model copy at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: CoreBudget | None) -> None:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.budget = budget
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._forward, function, *args)
+
+    def _forward(self, function: Callable[..., T], *args: Any) -> T:
+        with forward_pass(self.budget):
+            return function(*args)

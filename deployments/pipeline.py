@@ -5,6 +5,14 @@ chunk is decoded. The per-stream state that decides the audio (tokens so far, th
 schedule, the vocoder cache, the seeds) lives in the request's own generator here and travels
 with each call, so any replica can serve any chunk; the flow replica also caches a stream's
 decoder state, for speed only.
+
+That is also what makes a replica's death invisible but for a delay: a stage call that fails
+because its replica is gone is made again, on another or the restarted replica, and gives the
+same result (flow and vocoder calls are pure given their inputs; the LLM's sampling is seeded
+per segment, so a segment generated again yields the same tokens, and those already relayed are
+skipped). A stage gone for longer than `recovery_timeout_s` fails the request. A bistream
+utterance (text streamed in) cannot be replayed that way, as its text went to the lost LLM
+sequence: losing its LLM replica fails it; its flow and vocoder calls are retried as any.
 """
 
 from __future__ import annotations
@@ -12,11 +20,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.failures import ReplicaRecovery, replica_gone
 from deployments.metrics import StageLoad, metric
+from deployments.replica_logging import quiet_health_checks
 from tts_core.modes import ModeInputs, SynthesisMode, mode_inputs
 from tts_core.wire import (
     BistreamJob,
@@ -34,8 +45,10 @@ from tts_model.chunk_schedule import ChunkPlan, StreamPlanner, chunk_seed, segme
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
 class SynthesisPipeline:
     def __init__(self, frontend: DeploymentHandle, llm: DeploymentHandle,
-                 flow: DeploymentHandle, vocoder: DeploymentHandle):
+                 flow: DeploymentHandle, vocoder: DeploymentHandle, recovery_timeout_s: float):
+        quiet_health_checks()
         self.frontend, self.llm, self.flow, self.vocoder = frontend, llm, flow, vocoder
+        self.recovery_timeout_s = recovery_timeout_s
         self.sample_rate: int | None = None
         self.load = StageLoad("pipeline")
 
@@ -72,12 +85,12 @@ class SynthesisPipeline:
                                                          tags={"mode": str(mode)})
 
     async def _mode_inputs(self, mode: SynthesisMode, voice: VoiceFeatures, instruct_text: str | None) -> ModeInputs:
-        instruction = (await self.frontend.instruction_tokens.remote(instruct_text)
+        instruction = (await self.call("frontend", self.frontend.instruction_tokens, instruct_text)
                        if mode is SynthesisMode.INSTRUCT else None)
         return mode_inputs(mode, voice, instruction)
 
     async def _chunks(self, job: SynthesisJob) -> AsyncIterator[SynthesisChunk]:
-        segments = await self.frontend.text_segments.remote(job.text)
+        segments = job.text_segments or await self.call("frontend", self.frontend.text_segments, job.text)
         inputs = await self._mode_inputs(job.mode, job.voice, job.instruct_text)
         for index, text_token in enumerate(segments):
             request = SpeechTokenRequest(text_token=text_token, prompt_text_token=inputs.llm_prompt_text,
@@ -87,12 +100,12 @@ class SynthesisPipeline:
             tokens: list[int] = []
             stream = _SegmentStream(self, inputs.flow_prompt, job.seed, index, len(segments), job.speed, job.stream)
             if job.stream:
-                async for new_tokens in self.llm.options(stream=True).generate.remote(request):
+                async for new_tokens in self._speech_tokens(request):
                     tokens.extend(new_tokens)
                     while plan := planner.next_chunk(len(tokens), llm_finished=False):
                         yield await stream.decode(tokens, plan, len(text_token))
             else:  # nothing to do before the last token: one reply instead of a stream
-                tokens = await self.llm.generate_all.remote(request)
+                tokens = await self.call("llm", self.llm.generate_all, request)
             while plan := planner.next_chunk(len(tokens), llm_finished=True):
                 yield await stream.decode(tokens, plan, len(text_token))
 
@@ -113,9 +126,45 @@ class SynthesisPipeline:
         while tokens and (plan := planner.next_chunk(len(tokens), llm_finished=True)):
             yield await stream.decode(tokens, plan, text_fed)
 
+    async def _speech_tokens(self, request: SpeechTokenRequest) -> AsyncIterator[list[int]]:
+        """The LLM's tokens of one segment as they are sampled. If the LLM replica goes away, the
+        segment is generated again with the same seed and the tokens already relayed are skipped."""
+        recovery, relayed = ReplicaRecovery("llm", self.recovery_timeout_s), 0
+        while True:
+            stream, seen = self.llm.options(stream=True).generate.remote(request), 0
+            try:
+                while True:
+                    ready = await recovery.bounded(anext(stream, None))
+                    if ready is None:
+                        return
+                    fresh, seen = ready[max(0, relayed - seen):], seen + len(ready)
+                    if fresh:
+                        relayed += len(fresh)
+                        recovery.progressed()
+                        yield fresh
+            except Exception as exc:
+                stream.cancel()
+                if not replica_gone(exc):
+                    raise
+                await recovery.wait(exc)
+
+    async def call(self, stage: str, method: Any, *args: Any) -> Any:
+        """`await method.remote(*args)` on a stage's handle, made again while the stage's replica is
+        gone (see the module docstring)."""
+        recovery = ReplicaRecovery(stage, self.recovery_timeout_s)
+        while True:
+            response = method.remote(*args)
+            try:
+                return await recovery.bounded(response)
+            except Exception as exc:
+                response.cancel()
+                if not replica_gone(exc):
+                    raise
+                await recovery.wait(exc)
+
     async def _sample_rate(self) -> int:
         if self.sample_rate is None:
-            self.sample_rate = (await self.frontend.model_info.remote())["sample_rate"]
+            self.sample_rate = (await self.call("frontend", self.frontend.model_info))["sample_rate"]
         return self.sample_rate
 
     async def check_health(self) -> None:
@@ -131,14 +180,17 @@ class _SegmentStream:
         self.segment, self.segments = segment, segments
         self.chunk = 0
         self.cache: VocoderCache | None = None
-        # Names the stream to the flow decoder, which keeps its decoder state between chunks.
+        # Names the stream to the flow decoder, which keeps its decoder state between chunks; as the
+        # session id it also sends every chunk to the replica holding that state.
         self.key = uuid.uuid4().hex if stream else None
+        self.flow = pipeline.flow.options(session_id=self.key) if self.key else pipeline.flow
 
     async def decode(self, tokens: list[int], plan: ChunkPlan, text_tokens: int) -> SynthesisChunk:
-        mel = await self.pipeline.flow.decode.remote(tokens[: plan.end], self.prompt, plan.token_offset,
-                                                     plan.streaming, plan.finalize, self.key)
-        pcm, self.cache = await self.pipeline.vocoder.vocode.remote(
-            mel, self.cache, plan.finalize, self.speed, chunk_seed(self.seed, self.segment, self.chunk))
+        pipeline, seed = self.pipeline, chunk_seed(self.seed, self.segment, self.chunk)
+        mel = await pipeline.call("flow", self.flow.decode, tokens[: plan.end], self.prompt, plan.token_offset,
+                                  plan.streaming, plan.finalize, self.key)
+        pcm, self.cache = await pipeline.call("vocoder", pipeline.vocoder.vocode, mel, self.cache, plan.finalize,
+                                              self.speed, seed)
         self.chunk += 1
         return SynthesisChunk(pcm=pcm, segment=self.segment, segments=self.segments, tokens=len(tokens),
                               text_tokens=text_tokens, segment_done=plan.finalize)

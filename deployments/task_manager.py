@@ -18,6 +18,7 @@ from collections import deque
 from typing import Any
 
 from deployments.actors import existing_actor, named_detached_actor
+from deployments.failures import root_cause
 from deployments.metrics import metric
 from tts_core.limits import now_iso
 from tts_core.modes import SynthesisMode
@@ -235,7 +236,7 @@ class TaskManager:
 
 def _reason(exc: BaseException) -> str:
     """A readable reason from a (possibly Ray-wrapped) exception."""
-    cause = getattr(exc, "cause", None) or exc
+    cause = root_cause(exc)
     text = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {text[-1] if text else ''}".strip().rstrip(":")
 

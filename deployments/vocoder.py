@@ -6,7 +6,7 @@ import numpy as np
 from ray import serve
 
 from deployments.metrics import StageLoad
-from deployments.model_stage import ModelThread, load_stage
+from deployments.model_stage import ModelThread, core_budget, load_stage
 from tts_core.settings import Settings
 from tts_core.wire import VocoderCache
 from tts_model.vocode import VocodeRequest, vocode_batch
@@ -21,7 +21,7 @@ class Vocoder:
 
     def __init__(self, settings: Settings):
         self.model, _ = load_stage(settings, ["hift"])
-        self.worker = ModelThread()
+        self.worker = ModelThread(core_budget(settings))
         self.load = StageLoad("vocoder")
         self.vocode_batch.set_max_batch_size(settings.vocoder_max_batch_size)
         self.vocode_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)

@@ -2,7 +2,9 @@
 
 Each voice is one file in a BlobStore (`tts_core.storage.voice_codec`), replaced atomically, so a
 crash mid-write leaves the previous version intact. Every change is persisted before it is
-acknowledged.
+acknowledged. One actor serialises the application's writes; a voice file is still created only
+if none exists under its id, so that two stores on one location (two clusters during an upgrade)
+never both register one id.
 
 Metadata is held in memory (it is small and listing must be fast); features are loaded on demand
 and kept in a bounded LRU cache, since a 30 s voice carries about half a megabyte of them.
@@ -82,7 +84,7 @@ class VoiceStore:
             self._cache_features(meta["voice_id"], features)
             self._last_timestamp = max(self._last_timestamp, parse_timestamp(meta["created_at"]),
                                        parse_timestamp(meta["updated_at"]))
-        logger.info("Voice store %s: restored %d voices", self._blobs.uri, len(self._voices))
+        logger.info("Voice store %s: restored %d voices", self._blobs.display_uri, len(self._voices))
         self._count_changed()
 
     def _quarantine(self, name: str) -> None:
@@ -152,7 +154,10 @@ class VoiceStore:
             # Fills in created_at and updated_at, keeping the Voice object's key order.
             record = {name: record.get(name, now) for name in voice_codec.META_FIELDS}
             data = voice_codec.encode(record, features, bytes(audio), audio_format)
-            self._blobs.put(voice_codec.file_name(voice_id), data)
+            try:
+                self._blobs.create(voice_codec.file_name(voice_id), data)
+            except FileExistsError:
+                raise VoiceExistsError(voice_id) from None
             self._voices[voice_id] = record
             self._count_changed()
             self._cache_features(voice_id, features)

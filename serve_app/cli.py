@@ -30,9 +30,10 @@ BENCH_NOT_INSTALLED = ("the benchmark is not installed: it ships apart from the 
 #: each command can still say how to install the benchmark where it is missing.
 BENCH_COMMANDS = {
     "bench": ("benchmarks.runner", "benchmark the service against upstream's one-process server",
-              "Drive a fixed, seeded workload through the service over HTTP and through an upstream-style "
-              "baseline (same --dtype; torch's default thread count, as upstream's server has); print a table, "
-              "then one JSON line with the figures."),
+              "Drive a fixed, seeded workload (sft, or zero-shot with a prompt uploaded per request) through the "
+              "service over HTTP, through an upstream-style baseline (same --dtype; torch's default thread count, "
+              "as upstream's server has) and optionally through any running server (--compare-url); print a "
+              "table with start-up and memory, then one JSON line with the figures."),
     "bench-soak": ("benchmarks.soak", "memory soak: each service replica's RSS after a warm-up and at the end",
                    "Send many whole-mode requests, one after another, to a service started here; print each "
                    "replica's RSS after --warmup requests and at the end, then one JSON line. Exits 1 if any "
@@ -44,6 +45,15 @@ BENCH_COMMANDS = {
     "bench-chunk-cost": ("benchmarks.chunks", "time each streamed flow chunk of one growing utterance",
                          "Decode one growing utterance chunk by chunk as streaming does, recomputing from the "
                          "start and incrementally; print each chunk's cost, then one JSON line."),
+    "bench-flow-affinity": ("benchmarks.affinity", "streamed chunks decoded from the start with several flow replicas",
+                            "Send concurrent streamed requests to a service started here with several flow decoder "
+                            "replicas; print how each replica decoded the streamed chunks (from the stream's kept "
+                            "state, or from the start for want of it) and the flow time per chunk, then one JSON "
+                            "line."),
+    "bench-first-byte": ("benchmarks.first_byte", "time to the first audio byte of each output format, per route",
+                         "Send requests one at a time to each route (OpenAI speech as audio and as events, sft "
+                         "streamed and as a file) in each output format; print the median time to the first audio "
+                         "byte and to the end of the response, then one JSON line."),
 }
 
 

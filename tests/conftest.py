@@ -9,8 +9,19 @@ import pytest
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that restart the session's cluster run last, so no other test sees stale handles."""
-    items.sort(key=lambda item: item.get_closest_marker("restarts_cluster") is not None)
+    """Tests that restart the session's cluster run last, so no other test sees stale handles; tests that
+    kill replicas just before them, so no other test waits for a replica to come back."""
+    items.sort(key=lambda item: (item.get_closest_marker("restarts_cluster") is not None,
+                                 item.get_closest_marker("kills_replicas") is not None))
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3-protocol server on loopback (see `tests.s3_server`), with the AWS credentials exported."""
+    from tests.s3_server import s3_server
+
+    with s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,15 @@ Model inputs come from upstream's `CosyVoiceFrontEnd`, speech tokens from `Qwen2
 drives them. The service adds one convention to make runs reproducible:
 the LLM's sampling is seeded per text segment and HiFT's noise per chunk (`segment_seed`,
 `chunk_seed`); the reference seeds torch's global RNG the same way at the same points.
+
+The installed `cosyvoice` is an older snapshot; where current upstream changed the computation
+the reference follows current upstream (`current_upstream_sampling_ids`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import numpy as np
@@ -28,6 +32,34 @@ def upstream_frontend(model):
                              str(model.model_dir / "speech_tokenizer_v2.onnx"), str(model.model_dir / "spk2info.pt"))
 
 
+@contextlib.contextmanager
+def current_upstream_sampling_ids(llm) -> Iterator[None]:
+    """Current upstream's `Qwen2LM.sampling_ids`, which masks end-of-speech while it is not allowed
+    (the installed snapshot resamples up to 100 times, then raises)."""
+    def sampling_ids(weighted_scores, decoded_tokens, sampling, ignore_eos=True):
+        if ignore_eos:
+            weighted_scores[llm.speech_token_size] = -float("inf")
+        return llm.sampling(weighted_scores, decoded_tokens, sampling)
+
+    llm.sampling_ids = sampling_ids
+    try:
+        yield
+    finally:
+        del llm.sampling_ids
+
+
+def upstream_llm_tokens(llm, text, prompt_text, prompt_speech_token, seed: int) -> list[int]:
+    """Upstream `Qwen2LM.inference` after `torch.manual_seed(seed)`."""
+    torch.manual_seed(seed)
+    with current_upstream_sampling_ids(llm):
+        return list(llm.inference(
+            text=text, text_len=torch.tensor([text.shape[1]], dtype=torch.int32), prompt_text=prompt_text,
+            prompt_text_len=torch.tensor([prompt_text.shape[1]], dtype=torch.int32),
+            prompt_speech_token=prompt_speech_token,
+            prompt_speech_token_len=torch.tensor([prompt_speech_token.shape[1]], dtype=torch.int32),
+            embedding=torch.zeros(0, 192)))
+
+
 def upstream_tts(model, model_input: dict, stream: bool, seed: int, segment: int = 0, speed: float = 1.0) -> list:
     """Upstream `CosyVoice2Model.tts` for one segment, run deterministically; returns the chunks."""
     empty_int = torch.zeros(1, 0, dtype=torch.int32)
@@ -35,12 +67,7 @@ def upstream_tts(model, model_input: dict, stream: bool, seed: int, segment: int
     prompt_text = model_input.get("prompt_text", empty_int)
     llm_prompt_speech = model_input.get("llm_prompt_speech_token", empty_int)
 
-    torch.manual_seed(segment_seed(seed, segment))
-    tokens = list(model.llm.inference(
-        text=text, text_len=torch.tensor([text.shape[1]], dtype=torch.int32), prompt_text=prompt_text,
-        prompt_text_len=torch.tensor([prompt_text.shape[1]], dtype=torch.int32), prompt_speech_token=llm_prompt_speech,
-        prompt_speech_token_len=torch.tensor([llm_prompt_speech.shape[1]], dtype=torch.int32),
-        embedding=torch.zeros(0, 192)))
+    tokens = upstream_llm_tokens(model.llm, text, prompt_text, llm_prompt_speech, segment_seed(seed, segment))
     return upstream_token2wav(model, model_input, tokens, stream, seed, segment, speed)
 
 
@@ -53,12 +80,13 @@ def upstream_bistream_tokens(model, text: list[int], prompt_text: list[int], pro
 
     pieces = (as_tensor([token]) for token in text)
     torch.manual_seed(seed)
-    return list(model.llm.inference_bistream(
-        text=pieces, prompt_text=as_tensor(prompt_text),
-        prompt_text_len=torch.tensor([len(prompt_text)], dtype=torch.int32),
-        prompt_speech_token=as_tensor(prompt_speech),
-        prompt_speech_token_len=torch.tensor([len(prompt_speech)], dtype=torch.int32),
-        embedding=torch.zeros(0, 192)))
+    with current_upstream_sampling_ids(model.llm):
+        return list(model.llm.inference_bistream(
+            text=pieces, prompt_text=as_tensor(prompt_text),
+            prompt_text_len=torch.tensor([len(prompt_text)], dtype=torch.int32),
+            prompt_speech_token=as_tensor(prompt_speech),
+            prompt_speech_token_len=torch.tensor([len(prompt_speech)], dtype=torch.int32),
+            embedding=torch.zeros(0, 192)))
 
 
 def finishing_seed(run: Callable[[int], T], tries: int = 40) -> tuple[int, T]:
@@ -80,11 +108,13 @@ def upstream_bistream_tts(model, model_input: dict, seed: int, segment: int = 0)
     prompt_text = model_input.get("prompt_text", empty_int)
     llm_prompt_speech = model_input.get("llm_prompt_speech_token", empty_int)
     torch.manual_seed(segment_seed(seed, segment))
-    tokens = list(model.llm.inference_bistream(
-        text=model_input["text"], prompt_text=prompt_text,
-        prompt_text_len=torch.tensor([prompt_text.shape[1]], dtype=torch.int32), prompt_speech_token=llm_prompt_speech,
-        prompt_speech_token_len=torch.tensor([llm_prompt_speech.shape[1]], dtype=torch.int32),
-        embedding=torch.zeros(0, 192)))
+    with current_upstream_sampling_ids(model.llm):
+        tokens = list(model.llm.inference_bistream(
+            text=model_input["text"], prompt_text=prompt_text,
+            prompt_text_len=torch.tensor([prompt_text.shape[1]], dtype=torch.int32),
+            prompt_speech_token=llm_prompt_speech,
+            prompt_speech_token_len=torch.tensor([llm_prompt_speech.shape[1]], dtype=torch.int32),
+            embedding=torch.zeros(0, 192)))
     return tokens, upstream_token2wav(model, model_input, tokens, True, seed, segment)
 
 

@@ -20,8 +20,9 @@ import soundfile as sf
 
 from tts_core.limits import MAX_PROMPT_SECONDS, MIN_PROMPT_SECONDS
 
-#: Content types of the formats the service produces.
-MEDIA_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac"}
+#: Content types of the formats the service produces (`pcm`: raw 16-bit little-endian mono).
+MEDIA_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac", "opus": "audio/opus", "aac": "audio/aac",
+               "pcm": "audio/pcm"}
 
 #: Sample rates outside this range are a corrupt or hostile header, not speech.
 _MIN_SAMPLE_RATE = 4000

@@ -38,6 +38,10 @@ METRICS = {spec.name: spec for spec in (
     MetricSpec("cosyvoice_stage_queue_depth", "gauge",
                "Requests in progress or waiting inside a stage's replica (LLM: sequences being decoded).",
                ("stage",)),
+    MetricSpec("cosyvoice_flow_streamed_chunks_total", "counter",
+               "Streamed flow chunks by how they were decoded: first (a stream's first chunk), cached (from the "
+               "state the replica kept) or from_start (a later chunk whose state the replica lacked: a full decode).",
+               ("decode",)),
     MetricSpec("cosyvoice_registered_voices", "gauge", "Voices in the registry.", actor=True),
     MetricSpec("cosyvoice_async_tasks", "gauge", "Asynchronous tasks by state.", ("state",), actor=True),
 )}

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 
-from tts_core.audio import encode_audio
 from tts_core.storage.blobs import BlobStore
+from tts_core.stream_encoding import encode_file
 from tts_core.tasks import RenderedAudio
 from tts_core.wire import SynthesisChunk
 
@@ -27,7 +27,7 @@ async def render_to_store(chunks: AsyncIterator[SynthesisChunk], fmt: str, outpu
             on_chunk(chunk)
     samples = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
     file_name = f"{uuid.uuid4().hex}.{fmt}"
-    data = await asyncio.to_thread(encode_audio, samples, sample_rate, fmt)
+    data = await asyncio.to_thread(encode_file, samples, sample_rate, fmt)
     await asyncio.to_thread(outputs.put, file_name, data)
     return RenderedAudio(file_name=file_name, duration=round(len(samples) / sample_rate, 3), format=fmt,
                          sample_rate=sample_rate, synthesis_time=round(time.perf_counter() - started, 3))

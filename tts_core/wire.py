@@ -142,6 +142,9 @@ class SynthesisJob:
     speed: float = 1.0
     stream: bool = False
     seed: int = 0
+    #: The text's segments as token ids, when the front end already split it (the API does, to
+    #: refuse text with nothing to speak before it accepts a request).
+    text_segments: list[list[int]] | None = None
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
+import unicodedata
 from functools import partial
 from typing import Any
 
@@ -24,6 +25,17 @@ from tts_model import matcha_compat  # noqa: F401
 PROMPT_SAMPLE_RATE = 16000
 #: Separates an instruction from the text in CosyVoice2's instruct mode.
 END_OF_PROMPT = "<|endofprompt|>"
+_DIGIT_RUNS = re.compile(r"\d+|\D+")
+_LEADING_STOPS = re.compile(r"^[\s.?!;:。？！；：、]+")
+#: An ANSI/VT100 control sequence, such as a colour code.
+_ESCAPE_SEQUENCE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+
+
+def _speakable(text: str) -> str:
+    """`text` without terminal escape sequences and control, format, surrogate, private-use and
+    unassigned characters (tab and newline stay): none is ever spoken, and they derail normalisation."""
+    text = _ESCAPE_SEQUENCE.sub("", text)
+    return "".join(char for char in text if char in "\t\n" or unicodedata.category(char)[0] != "C")
 
 
 def voice_from_spk2info(entry: dict[str, Any]) -> VoiceFeatures:
@@ -68,6 +80,21 @@ class TextFrontend:
     def tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, allowed_special="all"))
 
+    def segments(self, text: str) -> list[list[int]]:
+        """Normalise and split `text`: one token list per segment the model speaks in one go.
+
+        Raises FrontendError when nothing in it can be spoken (only punctuation, emoji, controls).
+        """
+        segments = [tokens for tokens in map(self.tokenize, self.normalize(text)) if tokens]
+        if not segments:
+            raise FrontendError("The text has nothing to speak: it holds no words, digits or letters.")
+        return segments
+
+    def prompt_tokens(self, prompt_text: str) -> list[int]:
+        """A prompt transcript's tokens, normalised (not split) as upstream does."""
+        normalized = self.normalize(prompt_text, split=False)
+        return self.tokenize(normalized[0]) if normalized else []
+
     def _normalizer(self, lang: str) -> Any:
         with self._lock:
             if lang not in self._normalizers:
@@ -78,6 +105,10 @@ class TextFrontend:
 
     def normalize(self, text: str, split: bool = True, streamed: bool = False) -> list[str]:
         """Upstream's `text_normalize` with wetext: normalise, then split into model-sized segments.
+
+        Never fails on odd text: characters nobody can speak (controls, format characters) are
+        dropped first, and text wetext's grammar has no path for is normalised piece by piece.
+        An empty result is no segment.
 
         `streamed`: `text` is one piece of an utterance still being written, so a comma at its end
         is not the end of a sentence (upstream turns a final Chinese comma into a full stop).
@@ -91,12 +122,12 @@ class TextFrontend:
             split_paragraph,
         )
 
-        text = text.strip()
+        text = _speakable(text).strip()
         if not text:
             return []
         tokenize = partial(self.tokenizer.encode, allowed_special="all")
         if contains_chinese(text):
-            text = self._normalizer("zh").normalize(text)
+            text = self._normalized("zh", text)
             text = text.replace("\n", "")
             text = replace_blank(text)
             text = replace_corner_mark(text)
@@ -107,13 +138,41 @@ class TextFrontend:
                 text = re.sub(r"[，,、]+$", "。", text)
             lang = "zh"
         else:
-            text = self._normalizer("en").normalize(text)
+            text = self._normalized("en", text)
             lang = "en"
+        text = text.strip()
+        if split:  # sentence punctuation before the first word ends an empty sentence: upstream's splitter fails on it
+            text = _LEADING_STOPS.sub("", text)
+        if not text:
+            return []
         if not split:
             return [text]
         segments = split_paragraph(text, tokenize, lang, token_max_n=80, token_min_n=60, merge_len=20,
                                    comma_split=False)
         return [segment for segment in segments if segment.strip() and not is_only_punctuation(segment)]
+
+    def _normalized(self, lang: str, text: str) -> str:
+        """wetext's normalisation of `text`. Its tagger finds no path through some text (`[1]`,
+        `x[5kg]`) and then asserts; such text is normalised word by word, a word that still fails
+        digit run by digit run, and a run that still fails is kept as it is."""
+        normalizer = self._normalizer(lang)
+
+        def attempt(piece: str) -> str | None:
+            try:
+                return normalizer.normalize(piece)
+            except Exception:  # AssertionError on an empty tagging, RuntimeError on no path
+                return None
+
+        whole = attempt(text)
+        if whole is not None:
+            return whole
+        words = []
+        for word in text.split():
+            normalized = attempt(word)
+            if normalized is None:
+                normalized = " ".join(attempt(run) or run for run in _DIGIT_RUNS.findall(word))
+            words.append(normalized)
+        return " ".join(word for word in words if word.strip())
 
 
 class VoiceFeatureExtractor:

@@ -20,13 +20,17 @@ the same holds here.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from tts_core.wire import BistreamRequest, SpeechTokenRequest
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,6 +46,11 @@ class DecodeState:
     step: int = 0
     out_tokens: list[int] = field(default_factory=list)
     finished: bool = False
+    #: Why the sequence stopped, if it failed; a failed sequence is finished and never stepped again.
+    error: BaseException | None = None
+
+    def fail(self, error: BaseException) -> None:
+        self.error, self.finished = error, True
 
 
 @dataclass
@@ -233,23 +242,41 @@ class SpeechTokenDecoder:
         sequences are stacked into a batch whose KV caches are left-padded to a common length and
         masked, with each sequence's own positions. The padded cache is kept from step to step and
         rebuilt only when the set of sequences changes. Every state must be `ready`.
+
+        A sequence that fails is finished with its `error` set and the others go on as if it had
+        never joined: when the batched step itself fails, its cache is rolled back and every
+        sequence steps alone, so only the ones that fail alone fail.
         """
         tokens: dict[int, int | None] = {}
         decoding = []
         for index, state in enumerate(states):
             if state.cache is None or state.lm_input.shape[1] != 1 or self._stop_at_max_len(state):
-                tokens[index] = self.step(state)
+                tokens[index] = self._isolated(self.step, state)
             else:
                 decoding.append(index)
         if len(decoding) == 1:
-            tokens[decoding[0]] = self.step(states[decoding[0]])
+            tokens[decoding[0]] = self._isolated(self.step, states[decoding[0]])
         elif decoding:
             batch = [states[index] for index in decoding]
-            if self._packed is None or not _same_states(self._packed.states, batch):
-                self._pack(batch)
-            for index, token in zip(decoding, self._packed_step(), strict=True):
+            try:
+                if self._packed is None or not _same_states(self._packed.states, batch):
+                    self._pack(batch)
+                stepped = self._packed_step()
+            except Exception:
+                logger.exception("batched decoding step failed; stepping its %d sequences one by one", len(batch))
+                stepped = [self._isolated(self.step, state) for state in batch]
+            for index, token in zip(decoding, stepped, strict=True):
                 tokens[index] = token
         return [tokens[index] for index in range(len(states))]
+
+    @staticmethod
+    def _isolated(step: Callable[..., int | None], state: DecodeState, *args: Any) -> int | None:
+        """One sequence's step; if it fails, that sequence alone fails."""
+        try:
+            return step(state, *args)
+        except Exception as exc:
+            state.fail(exc)
+            return None
 
     def _pack(self, states: list[DecodeState]) -> None:
         """Left-pad the sequences' caches into one batch; sequences left out get their own back."""
@@ -308,14 +335,21 @@ class SpeechTokenDecoder:
         attention_mask = torch.ones(len(states), longest + 1, dtype=torch.long, device=device)
         for row, pad in enumerate(packed.pads):
             attention_mask[row, :pad] = 0
-        outputs = self.llm.llm.model(inputs_embeds=torch.cat([state.lm_input for state in states]),
-                                     attention_mask=attention_mask,
-                                     position_ids=torch.tensor([[longest - pad] for pad in packed.pads], device=device),
-                                     past_key_values=packed.cache, use_cache=True,
-                                     output_hidden_states=True, return_dict=True)
+        try:
+            outputs = self.llm.llm.model(inputs_embeds=torch.cat([state.lm_input for state in states]),
+                                         attention_mask=attention_mask,
+                                         position_ids=torch.tensor([[longest - pad] for pad in packed.pads],
+                                                                   device=device),
+                                         past_key_values=packed.cache, use_cache=True,
+                                         output_hidden_states=True, return_dict=True)
+            logp = self.llm.llm_decoder(outputs.hidden_states[-1][:, -1]).log_softmax(dim=-1)
+        except Exception:
+            # The cache grows layer by layer in place: a forward that failed part-way leaves the
+            # first layers a step ahead of the rest, so cut every layer back to where it was.
+            packed.cache.crop(longest)
+            raise
         packed.cache = outputs.past_key_values
-        logp = self.llm.llm_decoder(outputs.hidden_states[-1][:, -1]).log_softmax(dim=-1)
-        return [self._advance(state, logp[row]) for row, state in enumerate(states)]
+        return [self._isolated(self._advance, state, logp[row]) for row, state in enumerate(states)]
 
     def _stop_at_max_len(self, state: DecodeState) -> bool:
         if isinstance(state, BistreamState):  # upstream has no cap; this guards against a runaway model
@@ -371,12 +405,16 @@ class SpeechTokenDecoder:
         return token
 
     def sample(self, logp: torch.Tensor, state: DecodeState, ignore_eos: bool) -> int:
-        """`Qwen2LM.sampling_ids` with the yaml's RAS sampling, drawing from the sequence's generator."""
-        for _ in range(101):
-            token = self.ras_sampling(logp, state.out_tokens, state.generator)
-            if not ignore_eos or token != self.eos:
-                return token
-        raise RuntimeError("sampling kept producing end-of-speech while it was not allowed")
+        """`Qwen2LM.sampling_ids` with the yaml's RAS sampling, drawing from the sequence's generator.
+
+        While end-of-speech is not allowed it is masked out, as current upstream does (the installed
+        snapshot resampled up to 100 times and then raised), so a model that keeps choosing it
+        speaks exactly the minimum length.
+        """
+        if ignore_eos:
+            logp = logp.clone()
+            logp[self.eos] = -float("inf")
+        return self.ras_sampling(logp, state.out_tokens, state.generator)
 
     def ras_sampling(self, scores: torch.Tensor, decoded: list[int], generator: torch.Generator) -> int:
         token = self.nucleus_sampling(scores, generator)

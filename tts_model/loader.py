@@ -221,24 +221,41 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix work runs natively: CUDA with bf16, or a CPU with AVX512-BF16 or AMX.
+    Elsewhere (AVX2 CPUs) torch emulates bf16, many times slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """`auto` is bf16 where it is native (see `native_bf16`), fp32 elsewhere; other values stand."""
+    if dtype != "auto":
+        return dtype
+    return "bf16" if native_bf16(device) else "fp32"
+
+
 def load_model(model_dir: str | Path, parts: Iterable[Part] = ALL_PARTS, device: str = "cpu",
                dtype: str = "fp32") -> CosyVoice2Model:
     """Build and load the requested parts of the CosyVoice2 model in `model_dir`.
 
-    `dtype` applies to the LLM and the flow decoder; HiFT and the ONNX front end stay fp32, as
-    upstream runs them.
+    `dtype` (fp32, bf16, fp16 or auto) applies to the LLM and the flow decoder; HiFT and the ONNX
+    front end stay fp32, as upstream runs them.
     """
     from hyperpyyaml import load_hyperpyyaml
 
     model_dir = Path(model_dir).expanduser().resolve()
     if not model_dir.is_dir():
         raise ModelDirError(f"model directory {model_dir} does not exist")
+    torch_device = resolve_device(device)
+    dtype = resolve_dtype(dtype, torch_device)
     if dtype not in DTYPES:
         raise ModelDirError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     parts = tuple(dict.fromkeys(parts))
     detect_generation(model_dir)
     check_files(model_dir, parts)
-    torch_device, torch_dtype = resolve_device(device), DTYPES[dtype]
+    torch_dtype = DTYPES[dtype]
 
     yaml_text = (model_dir / CONFIG_NAME).read_text(encoding="utf-8")
     sections = [section for part in parts for section in PART_SECTIONS[part]]

@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from tts_core.synthetic_speech import speech_like
 from tts_core.wire import EMBEDDING_DIM, MEL_BINS
 from tts_model import matcha_compat  # noqa: F401
 from tts_model.frontend import PROMPT_SAMPLE_RATE, TextFrontend, VoiceFeatureExtractor, voice_to_spk2info
@@ -136,16 +137,6 @@ def _export_onnx(module: torch.nn.Module, args: tuple, path: Path, input_names: 
                       dynamic_axes=dynamic_axes, opset_version=17, dynamo=False)
 
 
-def _synthetic_prompt(seconds: float, f0: float, rng: np.random.Generator) -> np.ndarray:
-    """A voiced, speech-like test signal: harmonics with vibrato and syllable-rate amplitude."""
-    t = np.arange(int(seconds * PROMPT_SAMPLE_RATE)) / PROMPT_SAMPLE_RATE
-    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.05 * np.sin(2 * np.pi * 5 * t))) / PROMPT_SAMPLE_RATE
-    voice = sum(np.sin(k * phase) / k for k in range(1, 8))
-    envelope = 0.5 * (1 + np.sin(2 * np.pi * 4 * t)) ** 2 / 4
-    signal = voice * envelope + 0.01 * rng.standard_normal(t.size)
-    return (0.5 * signal / np.abs(signal).max()).astype(np.float32)
-
-
 def _write_qwen_dir(qwen_dir: Path, size: TwinSize) -> dict:
     qwen_dir.mkdir(parents=True, exist_ok=True)
     config = dict(REAL_QWEN_CONFIG, **(TINY_QWEN_OVERRIDES if size == "tiny" else {}))
@@ -219,7 +210,7 @@ def _write_pretrained_speakers(out: Path, seed: int) -> None:
     rng = np.random.default_rng(seed)
     speakers = {}
     for speaker_id, (prompt_text, f0) in PRETRAINED_SPEAKERS.items():
-        speech = torch.from_numpy(_synthetic_prompt(3.0, f0, rng)).unsqueeze(0)
+        speech = torch.from_numpy(speech_like(3.0, PROMPT_SAMPLE_RATE, f0, rng)).unsqueeze(0)
         [normalized] = text_frontend.normalize(prompt_text, split=False)
         features = extractor.extract(speech, text_frontend.tokenize(normalized))
         assert features.speech_feat.shape[1] == MEL_BINS

@@ -9,16 +9,22 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.cors import CORSMiddleware
 
 from serve_app import __version__
 from serve_app.api import audio, realtime, synthesis, system, tasks, voices
+from serve_app.api.auth import ApiKeyAuth, accepted_key_hashes
+from serve_app.api.body_limit import RequestBodyLimit
 from serve_app.api.errors import install_error_handlers
 from serve_app.api.middleware import SynthesisRequestMetrics
+from serve_app.api.openai.app import PREFIX as OPENAI_PREFIX
+from serve_app.api.openai.app import create_openai_api
 from serve_app.serving.state import ServiceState
 
 DESCRIPTION = """CosyVoice2 text-to-speech: a voice registry, synchronous and streaming synthesis in four
 modes (sft, zero-shot, cross-lingual, instruct), asynchronous tasks and audio downloads.
-Every error has the body `{"error": code, "message": text, "details": {"path": ...}}`.
+Every error has the body `{"error": code, "message": text, "details": {"path": ..., "request_id": ...}}`.
+OpenAI's speech API is served under `/v1` (its own documentation: `/v1/docs`).
 Text can also be streamed in while it is written, over the WebSocket `/api/v1/ws/synthesize`;
 a web playground is at `/playground/`."""
 #: The playground: static files that use the public API only.
@@ -39,8 +45,16 @@ def create_api(state: ServiceState) -> FastAPI:
                   redirect_slashes=False)
     app.state.services = state
     install_error_handlers(app)
-    app.add_middleware(SynthesisRequestMetrics)
+    app.add_middleware(RequestBodyLimit)
+    app.add_middleware(SynthesisRequestMetrics)  # outside the body limit, so it also counts refused bodies
+    if key_hashes := accepted_key_hashes(state.settings):
+        app.add_middleware(ApiKeyAuth, key_hashes=key_hashes)
+    if state.settings.cors_origins:
+        # Added last, so it is outermost: browsers' preflight requests carry no key.
+        app.add_middleware(CORSMiddleware, allow_origins=state.settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"])
     for module in (system, voices, synthesis, realtime, tasks, audio):
         app.include_router(module.router)
+    app.mount(OPENAI_PREFIX, create_openai_api(state))
     app.mount("/playground", StaticFiles(directory=PLAYGROUND_DIR, html=True), name="playground")
     return app

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from tts_core.limits import MAX_TEXT_CHARS
+from tts_core.limits import MAX_INSTRUCT_CHARS, MAX_SPEED, MAX_TEXT_CHARS, MIN_SPEED
 from tts_core.modes import SynthesisMode
 from tts_core.tasks import TaskState
 
@@ -18,6 +18,17 @@ class AudioFormat(StrEnum):
     wav = "wav"
     mp3 = "mp3"
     flac = "flac"
+
+
+class OutputFormat(StrEnum):
+    """What synthesis produces, streamed or as a file (`pcm`: raw 16-bit little-endian mono samples)."""
+
+    wav = "wav"
+    mp3 = "mp3"
+    flac = "flac"
+    opus = "opus"
+    aac = "aac"
+    pcm = "pcm"
 
 
 # --- system -----------------------------------------------------------------------------------
@@ -33,6 +44,8 @@ class Health(BaseModel):
     voice_manager_ready: bool = Field(description="The voice registry and the voice front end answer.")
     async_synthesis_ready: bool = Field(description="Asynchronous synthesis tasks can be accepted.")
     model: str | None = Field(None, description="`cosyvoice2-twin` (random weights) or the model directory's name.")
+    precision: str | None = Field(None, description="The dtype the LLM and flow decoder run in (fp32, bf16, fp16): "
+                                                    "`dtype: auto` picks bf16 where the device runs it natively.")
     stages: dict[str, bool] = Field(default_factory=dict, description="Readiness of each pipeline stage.")
 
 
@@ -100,10 +113,14 @@ class PretrainedVoices(BaseModel):
 class SynthesisOptions(BaseModel):
     text: str = Field(max_length=MAX_TEXT_CHARS,
                       description=f"Text to speak (at most {MAX_TEXT_CHARS} chars, not blank).")
-    speed: float = Field(1.0, ge=0.5, le=2.0, description="Speaking rate, 0.5-2.0.")
-    format: AudioFormat = Field(AudioFormat.wav, description="Output format (streaming supports wav only).")
-    stream: bool = Field(False, description="Stream chunked audio/wav as it is produced instead of JSON.")
-    seed: int | None = Field(None, ge=0, le=2**31 - 1,
+    # Strict numbers: `true` or `"1.5"` is a wrong type (422), not a number.
+    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED, strict=True,
+                         description=f"Speaking rate, {MIN_SPEED}-{MAX_SPEED}.")
+    format: OutputFormat = Field(OutputFormat.wav, description="Output format, streamed or as a file: wav, mp3, "
+                                                               "flac, opus (Ogg), aac (ADTS) or pcm (raw 16-bit).")
+    stream: bool = Field(False, description="Stream the audio in `format`, chunked as it is produced, instead of "
+                                            "JSON.")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, strict=True,
                              description="Sampling seed; the same seed and inputs give the same audio.")
 
 
@@ -113,7 +130,8 @@ class SftRequest(SynthesisOptions):
 
 class InstructRequest(SynthesisOptions):
     voice_id: str = Field(description="A pretrained or registered voice.")
-    instruct_text: str = Field(min_length=1, max_length=500, description="How to speak, e.g. a tone or emotion.")
+    instruct_text: str = Field(min_length=1, max_length=MAX_INSTRUCT_CHARS,
+                               description="How to speak, e.g. a tone or emotion.")
 
 
 class SynthesisResult(BaseModel):
@@ -121,7 +139,7 @@ class SynthesisResult(BaseModel):
     message: str = Field(description="Confirmation.")
     audio_url: str = Field(description="Where to download the audio: `/api/v1/audio/<file>`.")
     duration: float = Field(description="Seconds of audio in the file.")
-    format: AudioFormat = Field(description="Format of the file.")
+    format: OutputFormat = Field(description="Format of the file.")
     synthesis_time: float = Field(description="Seconds the synthesis took.")
     sample_rate: int = Field(description="Sample rate of the file, Hz.")
 

@@ -9,24 +9,26 @@ from fastapi.responses import StreamingResponse
 
 from serve_app.api.deps import Synthesis
 from serve_app.api.errors import invalid_request
-from serve_app.api.protocol import AudioFormat, InstructRequest, SftRequest, SynthesisResult
+from serve_app.api.protocol import InstructRequest, OutputFormat, SftRequest, SynthesisResult
 from serve_app.serving.synthesis import SynthesisService
-from tts_core.limits import MAX_PROMPT_SECONDS, MAX_TEXT_CHARS
+from tts_core.audio import MEDIA_TYPES
+from tts_core.limits import MAX_PROMPT_SECONDS, MAX_SPEED, MAX_TEXT_CHARS, MIN_SPEED
 from tts_core.modes import SynthesisMode
 
 router = APIRouter(prefix="/api/v1/synthesize", tags=["synthesis"])
 
 STREAM_RESPONSE = {200: {"model": SynthesisResult,
-                         "content": {"audio/wav": {}},
-                         "description": "JSON with `audio_url`, or chunked audio/wav when `stream` is true."}}
+                         "content": {MEDIA_TYPES[fmt]: {} for fmt in OutputFormat},
+                         "description": "JSON with `audio_url`, or the audio in `format`, chunked, when `stream` is "
+                                        "true."}}
 
 Text = Annotated[str, Form(max_length=MAX_TEXT_CHARS, description="Text to speak.")]
 VoiceId = Annotated[str | None, Form(description="A registered voice (instead of prompt_audio).")]
 PromptAudio = Annotated[UploadFile | None,
                         File(description=f"Prompt recording, 0.5-{MAX_PROMPT_SECONDS:.0f} s (instead of voice_id).")]
-Speed = Annotated[float, Form(ge=0.5, le=2.0, description="Speaking rate.")]
-Format = Annotated[AudioFormat, Form(description="Output format.")]
-Stream = Annotated[bool, Form(description="Stream chunked audio/wav.")]
+Speed = Annotated[float, Form(ge=MIN_SPEED, le=MAX_SPEED, description="Speaking rate.")]
+Format = Annotated[OutputFormat, Form(description="Output format.")]
+Stream = Annotated[bool, Form(description="Stream the audio, chunked, as it is produced.")]
 Seed = Annotated[int | None, Form(ge=0, le=2**31 - 1, description="Sampling seed for reproducible audio.")]
 PromptTextForm = Annotated[str | None, Form(max_length=500, description="Transcript of prompt_audio (zero-shot).")]
 
@@ -42,9 +44,9 @@ async def reject_blank_form_text(request: Request) -> None:
 FORM_CHECKS = [Depends(reject_blank_form_text)]
 
 
-async def respond(service: SynthesisService, job, fmt: AudioFormat, stream: bool):
+async def respond(service: SynthesisService, job, fmt: OutputFormat, stream: bool):
     if stream:
-        return StreamingResponse(service.stream_wav(job), media_type="audio/wav")
+        return StreamingResponse(await service.stream(job, fmt.value), media_type=MEDIA_TYPES[fmt.value])
     return await service.to_file(job, fmt.value)
 
 
@@ -65,7 +67,7 @@ async def instruct(request: InstructRequest, service: Synthesis):
 
 @router.post("/zero-shot", response_model=SynthesisResult, responses=STREAM_RESPONSE, dependencies=FORM_CHECKS)
 async def zero_shot(service: Synthesis, text: Text, voice_id: VoiceId = None, prompt_audio: PromptAudio = None,
-                    prompt_text: PromptTextForm = None, speed: Speed = 1.0, format: Format = AudioFormat.wav,
+                    prompt_text: PromptTextForm = None, speed: Speed = 1.0, format: Format = OutputFormat.wav,
                     stream: Stream = False, seed: Seed = None):
     job = await service.prepare(SynthesisMode.ZERO_SHOT, text, voice_id=voice_id, prompt_audio=prompt_audio,
                                 prompt_text=prompt_text, speed=speed, fmt=format.value, stream=stream, seed=seed)
@@ -76,7 +78,7 @@ async def zero_shot(service: Synthesis, text: Text, voice_id: VoiceId = None, pr
              dependencies=FORM_CHECKS)
 async def cross_lingual(service: Synthesis, text: Text, voice_id: VoiceId = None, prompt_audio: PromptAudio = None,
                         prompt_text: PromptTextForm = None,
-                        speed: Speed = 1.0, format: Format = AudioFormat.wav, stream: Stream = False,
+                        speed: Speed = 1.0, format: Format = OutputFormat.wav, stream: Stream = False,
                         seed: Seed = None):
     job = await service.prepare(SynthesisMode.CROSS_LINGUAL, text, voice_id=voice_id, prompt_audio=prompt_audio,
                                 speed=speed, fmt=format.value, stream=stream, seed=seed)

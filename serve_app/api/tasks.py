@@ -12,8 +12,8 @@ from fastapi import APIRouter, Query
 
 from serve_app.api.deps import Synthesis, Tasks
 from serve_app.api.protocol import (
-    AudioFormat,
     InstructRequest,
+    OutputFormat,
     SftRequest,
     Task,
     TaskCancelled,
@@ -57,7 +57,7 @@ async def submit_instruct(request: InstructRequest, synthesis: Synthesis, tasks:
 @router.post("/synthesize/zero-shot", **ACCEPTED, dependencies=FORM_CHECKS)
 async def submit_zero_shot(synthesis: Synthesis, tasks: Tasks, text: Text, voice_id: VoiceId = None,
                            prompt_audio: PromptAudio = None, prompt_text: PromptTextForm = None, speed: Speed = 1.0,
-                           format: Format = AudioFormat.wav, stream: Stream = False, seed: Seed = None) -> dict:
+                           format: Format = OutputFormat.wav, stream: Stream = False, seed: Seed = None) -> dict:
     job = await synthesis.prepare(SynthesisMode.ZERO_SHOT, text, voice_id=voice_id, prompt_audio=prompt_audio,
                                   prompt_text=prompt_text, speed=speed, fmt=format.value, seed=seed)
     return await tasks.submit(job, format.value)
@@ -66,7 +66,7 @@ async def submit_zero_shot(synthesis: Synthesis, tasks: Tasks, text: Text, voice
 @router.post("/synthesize/cross-lingual", **ACCEPTED, dependencies=FORM_CHECKS)
 async def submit_cross_lingual(synthesis: Synthesis, tasks: Tasks, text: Text, voice_id: VoiceId = None,
                                prompt_audio: PromptAudio = None, prompt_text: PromptTextForm = None,
-                               speed: Speed = 1.0, format: Format = AudioFormat.wav, stream: Stream = False,
+                               speed: Speed = 1.0, format: Format = OutputFormat.wav, stream: Stream = False,
                                seed: Seed = None) -> dict:
     job = await synthesis.prepare(SynthesisMode.CROSS_LINGUAL, text, voice_id=voice_id, prompt_audio=prompt_audio,
                                   speed=speed, fmt=format.value, seed=seed)

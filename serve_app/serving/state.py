@@ -36,7 +36,7 @@ class ServiceState:
         self.model_info = model_info
         self.outputs = BlobStore(settings.output_store_uri)
         self.voices = VoiceService(store, frontend, pretrained)
-        self.synthesis = SynthesisService(pipeline, self.voices, self.outputs, model_info["sample_rate"])
+        self.synthesis = SynthesisService(pipeline, frontend, self.voices, self.outputs, model_info["sample_rate"])
 
     @classmethod
     async def create(cls, settings: Settings, frontend: Any, pipeline: Any) -> ServiceState:
@@ -61,12 +61,20 @@ class ServiceState:
                   for stage, deployment in STAGES.items()}
         checks["voice_store"] = self._ping("voice_store", self.store.count.remote())
         checks["task_manager"] = self._ping("task_manager", self.tasks.manager.ready.remote())
-        results = dict(zip(checks, await asyncio.gather(*checks.values()), strict=True))
+        llm = serve.get_deployment_handle(STAGES["llm"], self.settings.app_name)
+        precision, *ready = await asyncio.gather(self._precision(llm), *checks.values())
+        results = dict(zip(checks, ready, strict=True))
         voice_ready = results["voice_store"] and results["frontend"]
         healthy = all(results.values())
         model = "cosyvoice2-twin" if self.model_info["is_twin"] else self.model_info["model_dir"].rsplit("/", 1)[-1]
         return Health(status="healthy" if healthy else "unavailable", voice_manager_ready=voice_ready,
-                      async_synthesis_ready=healthy, model=model, stages=results)
+                      async_synthesis_ready=healthy, model=model, precision=precision, stages=results)
+
+    async def _precision(self, llm: Any) -> str | None:
+        try:
+            return await asyncio.wait_for(llm.precision.remote(), HEALTH_TIMEOUT_S)
+        except Exception:  # reported as not ready by its own check
+            return None
 
     async def expire_outputs_forever(self, period_s: float = 60.0) -> None:
         """Delete synthesized files older than the retention period, every `period_s`."""

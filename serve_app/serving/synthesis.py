@@ -1,41 +1,47 @@
 """Synthesis logic shared by the sync routes and async tasks: validate, resolve the voice, run the
-pipeline, then stream the PCM out or encode and store the file."""
+pipeline, then stream the PCM out or encode and store the file.
+
+Every check a request can fail runs before it is accepted: an async task is created, or a stream's
+200 sent, only for a request that passed them all."""
 
 from __future__ import annotations
 
-import logging
+import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import UploadFile
 
-from serve_app.api.errors import ApiError, invalid_request
+from deployments.failures import replica_gone, root_cause
+from serve_app.api.errors import ApiError, invalid_request, service_unavailable
 from serve_app.serving.voices import VoiceService
-from tts_core.audio import AudioError, pcm16_bytes, soundfile_container, streaming_wav_header
+from tts_core import stream_encoding
+from tts_core.audio import AudioError
 from tts_core.modes import SynthesisMode
 from tts_core.rendering import render_to_store
 from tts_core.storage.blobs import BlobStore
+from tts_core.stream_encoding import StreamEncoder
 from tts_core.tasks import RenderedAudio
-from tts_core.wire import FrontendError, SynthesisJob
+from tts_core.wire import FrontendError, SynthesisChunk, SynthesisJob
 
-logger = logging.getLogger("ray.serve")
 
 def check_output_format(fmt: str, stream: bool) -> None:
     """Refuse formats that cannot be produced before any work starts."""
-    if stream and fmt != "wav":
-        raise ApiError(400, "unsupported_format", f"streaming produces wav only, not {fmt}")
     try:
-        soundfile_container(fmt)
+        stream_encoding.check_output_format(fmt, stream)
     except AudioError as exc:
         raise ApiError(400, exc.code, exc.message) from exc
 
 
 def synthesis_failed(exc: BaseException) -> ApiError:
-    if isinstance(exc, FrontendError):
-        return invalid_request(str(exc))
-    logger.error("synthesis failed: %r", exc)
-    return ApiError(500, "synthesis_error", f"Synthesis failed: {type(exc).__name__}")
+    """The answer to a failed synthesis; raised `from exc`, so the error handler logs the cause."""
+    cause = root_cause(exc)
+    if isinstance(cause, FrontendError):
+        return invalid_request(str(cause))
+    if replica_gone(exc):
+        return service_unavailable()
+    return ApiError(500, "synthesis_error", "Synthesis failed; the server log has the details under this request's id.")
 
 
 def audio_url(file_name: str) -> str:
@@ -50,8 +56,9 @@ def result_body(mode: SynthesisMode, rendered: RenderedAudio) -> dict[str, Any]:
 
 
 class SynthesisService:
-    def __init__(self, pipeline: Any, voices: VoiceService, outputs: BlobStore, sample_rate: int):
-        self.pipeline, self.voices, self.outputs, self.sample_rate = pipeline, voices, outputs, sample_rate
+    def __init__(self, pipeline: Any, frontend: Any, voices: VoiceService, outputs: BlobStore, sample_rate: int):
+        self.pipeline, self.frontend, self.voices = pipeline, frontend, voices
+        self.outputs, self.sample_rate = outputs, sample_rate
 
     async def prepare(self, mode: SynthesisMode, text: str, *, voice_id: str | None = None,
                       prompt_audio: UploadFile | None = None, prompt_text: str | None = None,
@@ -62,6 +69,10 @@ class SynthesisService:
         if not text.strip():
             raise invalid_request("text must not be blank")
         check_output_format(fmt, stream)
+        try:  # the pipeline's own first step, done here: text with nothing to speak is a 400 now
+            segments = await self.frontend.text_segments.remote(text)
+        except Exception as exc:
+            raise synthesis_failed(exc) from exc
         if mode in (SynthesisMode.ZERO_SHOT, SynthesisMode.CROSS_LINGUAL):
             # An empty form field is no voice_id; in sft/instruct an empty id is just an unknown voice (404).
             voice_id = voice_id or None
@@ -77,7 +88,8 @@ class SynthesisService:
             transcript = prompt_text if mode is SynthesisMode.ZERO_SHOT else None
             voice = await self.voices.features_from_upload(prompt_audio, transcript)
         return SynthesisJob(mode=mode, text=text, voice=voice, instruct_text=instruct_text, speed=speed,
-                            stream=stream, seed=secrets.randbelow(2**31) if seed is None else seed)
+                            stream=stream, seed=secrets.randbelow(2**31) if seed is None else seed,
+                            text_segments=segments)
 
     async def to_file(self, job: SynthesisJob, fmt: str) -> dict[str, Any]:
         try:
@@ -87,12 +99,34 @@ class SynthesisService:
             raise synthesis_failed(exc) from exc
         return result_body(job.mode, rendered)
 
-    async def stream_wav(self, job: SynthesisJob) -> AsyncIterator[bytes]:
-        """A WAV header of unknown length, then PCM as each chunk leaves the vocoder.
+    async def stream(self, job: SynthesisJob, fmt: str,
+                     on_chunk: Callable[[SynthesisChunk], None] | None = None) -> AsyncIterator[bytes]:
+        """`fmt` encoded as each chunk leaves the vocoder (a WAV header first, before any audio).
 
-        If the client disconnects, closing this generator cancels the pipeline call, which
-        cancels the LLM's stream: generation stops.
+        The first chunk is awaited before this returns, so a synthesis that fails before any
+        audio exists is an error response rather than a 200 cut short. A failure after that can
+        only end the stream unfinished (no terminating chunk), which the client sees as such.
+        If the client disconnects, the pipeline call is cancelled, and with it the LLM's stream.
         """
-        yield streaming_wav_header(self.sample_rate)
-        async for chunk in self.pipeline.options(stream=True).synthesize.remote(job):
-            yield pcm16_bytes(chunk.pcm)
+        chunks = self.pipeline.options(stream=True).synthesize.remote(job)
+        try:
+            first = await anext(chunks, None)
+        except Exception as exc:
+            raise synthesis_failed(exc) from exc
+        return self._encoded(first, chunks, StreamEncoder(fmt, self.sample_rate), on_chunk)
+
+    @staticmethod
+    async def _encoded(first: SynthesisChunk | None, chunks: AsyncIterator[SynthesisChunk], encoder: StreamEncoder,
+                       on_chunk: Callable[[SynthesisChunk], None] | None) -> AsyncIterator[bytes]:
+        if header := encoder.start():
+            yield header
+        pending = first
+        while pending is not None:
+            if on_chunk is not None:
+                on_chunk(pending)
+            # Off the event loop: a codec costs milliseconds per chunk, which other requests would wait for.
+            if data := await asyncio.to_thread(encoder.encode, pending.pcm):
+                yield data
+            pending = await anext(chunks, None)
+        if tail := await asyncio.to_thread(encoder.finish):
+            yield tail

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import UploadFile
 
+from deployments.failures import root_cause
 from serve_app.api.errors import ApiError, invalid_request, voice_exists, voice_not_found
 from serve_app.serving.uploads import read_limited
 from tts_core.audio import AudioError, DecodedAudio, decode_audio
@@ -15,7 +16,8 @@ from tts_core.wire import FrontendError, VoiceFeatures
 
 
 def audio_error(exc: AudioError | FrontendError) -> ApiError:
-    return ApiError(400, getattr(exc, "code", "invalid_audio"), getattr(exc, "message", str(exc)))
+    cause = root_cause(exc)  # a front end error arrives wrapped in Ray's, whose text is a traceback
+    return ApiError(400, getattr(cause, "code", "invalid_audio"), getattr(cause, "message", str(cause)))
 
 
 class VoiceService:

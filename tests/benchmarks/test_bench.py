@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Annotated
 
 import numpy as np
 import pytest
+from fastapi import FastAPI, File, Form, UploadFile
+from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from benchmarks.report import compose, format_table, overhead
 from benchmarks.workload import SENTENCES, LevelRun, RequestResult, build_workload, percentile, summarize
+from tts_core.audio import decode_audio
 
 
 def test_workload_is_fixed_and_seeded() -> None:
@@ -70,9 +75,24 @@ def test_bench_commands_share_the_model_options() -> None:
     args = parser.parse_args(["bench-chunk-cost", "--chunks", "2"])
     assert args.chunks == 2 and args.model_dir is None and args.handler is chunks.run
     assert not hasattr(args, "voice")  # it sends no requests
-    for bad in (["bench-soak", "--requests", "0"], ["bench", "--torch-threads", "0"], ["bench", "--soak", "5"]):
+    for bad in (["bench-soak", "--requests", "0"], ["bench", "--torch-threads", "-1"], ["bench", "--soak", "5"]):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
+
+
+def test_first_byte_command_and_table() -> None:
+    from benchmarks import first_byte
+    from serve_app.cli import build_parser
+
+    args = build_parser().parse_args(["bench-first-byte", "--url", "http://127.0.0.1:1", "--requests", "2"])
+    assert (args.url, args.requests, args.handler) == ("http://127.0.0.1:1", 2, first_byte.run)
+    cells = [first_byte.Cell("sft stream", "mp3", True, [0.3, 0.1, 0.2], [1.0, 1.2, 1.1]),
+             first_byte.Cell("sft file", "wav", False, [0.9], [0.9])]
+    assert first_byte.report(cells).splitlines()[2:] == ["| sft stream | mp3 | yes | 200 ms | 1100 ms |",
+                                                         "| sft file | wav | no (file) | 900 ms | 900 ms |"]
+    assert first_byte.request_body("openai (sse)", "opus", "v", 3)["stream_format"] == "sse"
+    assert first_byte.request_body("sft file", "aac", "v", 3)["stream"] is False
+    assert 0 < first_byte.encoder_cost_ms("mp3", seconds=2, repeats=1) < 1000
 
 
 def test_each_bench_command_says_how_to_install_the_benchmark(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -112,6 +132,17 @@ def test_quick_bench_ends_with_its_json_report(tiny_model_dir: Path, tmp_path: P
         assert entry["ratio"]["throughput"] > 0
     assert isinstance(report["overhead_ms"], float)
     assert report["overhead"]["same_audio"] is True
+    # Start to ready, by phase and by replica, and PSS per process, for both sides.
+    service = report["startup"]["service"]
+    assert service["ready_s"] > 0 and set(service["phases"]) == {"ray_init_s", "serve_start_s", "serve_run_s"}
+    replicas = {replica["deployment"]: replica for replica in service["replicas"]}
+    assert {"TextFrontendDeployment", "SpeechTokenLLM", "FlowDecoder", "Vocoder", "ApiIngress"} <= set(replicas)
+    assert all(0 < replica["ready_at_s"] <= service["ready_s"] for replica in replicas.values())
+    assert report["startup"]["baseline"]["ready_s"] > 0
+    after = report["memory"]["service"]["after_run"]
+    assert after["pss_mb"] == report["pss_mb"]["service"] > 0
+    assert after["by_process"]["ray::ServeReplica:cosyvoice:FlowDecoder"]["pss_mb"] > 0
+    assert report["memory"]["baseline"]["ready"]["processes"] == 1
     assert json.loads(output.read_text()) == report
 
 
@@ -123,3 +154,139 @@ def test_chunk_cost_ends_with_its_json_report(tiny_model_dir: Path, tmp_path: Pa
     assert [row["chunk"] for row in report["chunks"]] == [0, 1]
     # The incremental decoder must give the mel that recomputing from the start gives.
     assert all(row["max_abs_diff"] < 1e-3 for row in report["chunks"])
+
+
+def test_replica_startup_from_serve_logs(tmp_path: Path) -> None:
+    from benchmarks.startup import log_time, replica_startup
+
+    (tmp_path / "controller_11.log").write_text(
+        "INFO 2030-01-02 03:04:00,000 controller 11 -- Starting Replica(id='abc', deployment='FlowDecoder', "
+        "app='cosyvoice').\n"
+        "INFO 2030-01-02 03:04:30,500 controller 11 -- Replica(id='abc', deployment='FlowDecoder', app='cosyvoice') "
+        "started successfully on node 'n1' after 30.5s (PID: 4242). Replica constructor, reconfigure method, and "
+        "initial health check took 20.0s.\n"
+        "INFO 2030-01-02 03:04:31,000 controller 11 -- Starting Replica(id='late', deployment='Vocoder', "
+        "app='cosyvoice').\n")
+    (tmp_path / "replica_cosyvoice_FlowDecoder_abc.log").write_text(
+        "INFO 2030-01-02 03:04:10,250 cosyvoice_FlowDecoder abc -- Started initializing replica.\n")
+    started_at = log_time("2030-01-02 03:03:50,000")
+    [row] = replica_startup(tmp_path, started_at, {4242: log_time("2030-01-02 03:04:02,000")})
+    assert row == {"deployment": "FlowDecoder", "replica": "abc", "pid": 4242, "process_start_s": 2.0,
+                   "imports_s": 8.25, "constructor_s": 20.0, "ready_at_s": 40.5}
+    # A worker process Ray had started before it was asked for costs no process start.
+    [row] = replica_startup(tmp_path, started_at, {})
+    assert row["process_start_s"] == 0.0 and row["imports_s"] == 10.25
+    assert replica_startup(tmp_path / "missing", started_at, {}) == []
+
+
+def test_pss_snapshot_labels_each_process() -> None:
+    from benchmarks.memory import own_process, pss_snapshot
+
+    snapshot = pss_snapshot(own_process())
+    assert snapshot["processes"] == 1 and snapshot["pss_mb"] > 0
+    [(label, entry)] = snapshot["by_process"].items()
+    assert label.startswith("python") and entry == {"processes": 1, "pss_mb": snapshot["pss_mb"]}
+
+
+def test_workload_and_compare_options_parse() -> None:
+    from serve_app.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["bench", "--workload", "zero-shot", "--compare-url", "http://127.0.0.1:50000",
+                              "--compare-protocol", "upstream", "--compare-pid", "7"])
+    assert (args.workload, args.compare_protocol, args.compare_sample_rate, args.compare_pid) == (
+        "zero-shot", "upstream", 24000, 7)
+    assert parser.parse_args(["bench"]).workload == "sft"
+    for bad in (["bench", "--workload", "instruct"], ["bench", "--compare-protocol", "grpc"],
+                ["bench", "--compare-sample-rate", "0"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+
+
+def fake_upstream_server() -> FastAPI:
+    """Upstream's FastAPI server's two routes, as its code defines them: form fields (and the prompt
+    file) in, raw 16-bit PCM out; here one second of silence at 24 kHz in two pieces."""
+    app = FastAPI()
+    pcm = bytes(2 * 24000)
+
+    def answer() -> StreamingResponse:
+        return StreamingResponse(iter([pcm[:16000], pcm[16000:]]))
+
+    @app.post("/inference_sft")
+    async def inference_sft(tts_text: Annotated[str, Form()], spk_id: Annotated[str, Form()]):
+        return answer() if spk_id == "pretrained_voice_001" and tts_text else PlainTextResponse("", 400)
+
+    @app.post("/inference_zero_shot")
+    async def inference_zero_shot(tts_text: Annotated[str, Form()], prompt_text: Annotated[str, Form()],
+                                  prompt_wav: Annotated[UploadFile, File()]):
+        prompt = decode_audio(await prompt_wav.read())
+        if (prompt.sample_rate, round(prompt.duration, 2), bool(prompt_text)) != (16000, 3.0, True):
+            return PlainTextResponse("unexpected prompt", 400)
+        return answer()
+
+    return app
+
+
+@pytest.mark.parametrize("workload", ["sft", "zero-shot"])
+def test_compare_url_drives_an_upstream_server(workload: str, tmp_path: Path) -> None:
+    """The upstream protocol end to end against a stand-in of upstream's server on loopback: its
+    levels run in whole mode only, and a server on this machine given by PID gets its memory read."""
+    import asyncio
+    import os
+    import threading
+
+    import uvicorn
+
+    from benchmarks.clients import UpstreamProtocol
+    from benchmarks.memory import process_tree
+    from benchmarks.runner import add_arguments, drive, resolve_options
+    from serve_app.local import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(fake_upstream_server(), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        options = resolve_options(parser.parse_args(["--model-dir", str(tmp_path), "--workload", workload,
+                                                     "--concurrency", "1,2", "--requests", "2"]))
+        run = asyncio.run(drive(f"http://127.0.0.1:{port}", UpstreamProtocol(24000), options,
+                                process_tree(os.getpid()), label="upstream"))
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert [(level.mode, level.concurrency) for level in run.runs] == [("whole", 1), ("whole", 2)]
+    assert set(run.warmup_s) == {"whole"}
+    for level in run.runs:
+        for result in level.results:
+            assert result.ok, result.error
+            assert result.audio_s == pytest.approx(1.0) and 0 < result.ttfa_s <= result.latency_s
+    assert run.memory["ready"]["pss_mb"] > 0 and run.memory["after_run"]["processes"] >= 1
+
+
+def test_zero_shot_bench_against_running_servers(serve_cluster: dict, tiny_model_dir: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The zero-shot workload through a running service (--url), the same service as --compare-url,
+    and the baseline, which extracts the uploaded prompt's features per request as upstream does."""
+    from serve_app.cli import main
+
+    url = serve_cluster["base_url"]
+    assert main(["bench", "--url", url, "--compare-url", url, "--model-dir", str(tiny_model_dir), "--workload",
+                 "zero-shot", "--concurrency", "1", "--requests", "1"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["workload"] == "zero-shot" and report["voice_id"] is None
+    assert report["compare"]["protocol"] == "cosyvoice-serve"
+    assert {entry["mode"] for entry in report["results"]} == {"stream", "whole"}
+    for entry in report["results"]:
+        for side in ("service", "baseline", "compare"):
+            assert entry[side]["errors"] == 0 and entry[side]["throughput"] > 0, (side, entry[side])
+        assert entry["ratio"]["throughput"] > 0 and entry["compare_ratio"]["throughput"] > 0
+    # The in-process path decodes the prompt and extracts its features as the service does: same audio.
+    assert report["overhead"]["same_audio"] is True
+    baseline = report["startup"]["baseline"]
+    assert baseline["ready_s"] > 0 and set(baseline["phases"]) == {"process_start_s", "imports_s", "model_load_s"}
+    assert set(baseline["warmup_s"]) == {"stream", "whole"}
+    assert report["memory"]["baseline"]["after_run"]["pss_mb"] > 0 and report["pss_mb"]["baseline"] > 0
+    # A service given by URL has neither start-up nor memory figures here.
+    assert report["startup"]["service"] is None and report["memory"]["service"] is None

@@ -1,9 +1,12 @@
-"""`serve run serve_config.yaml` through the real CLI, and autoscaling observed under a burst."""
+"""`serve run serve_config.yaml` through the real CLI with Ray's token authentication on, `serve status`
+reading it the way the README says, API keys required end to end, and autoscaling observed under a burst."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -13,12 +16,15 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 import yaml
 
 from serve_app.local import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "sk-serve-run-test"
+KEY_HEADER = {"Authorization": f"Bearer {API_KEY}"}
 BURST_TEXT = " ".join(["This sentence is one of many that together make a long text for the model to read."] * 8)
 
 
@@ -41,9 +47,14 @@ def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     config_path.write_text(yaml.safe_dump(config))
 
     serve_cli = shutil.which("serve", path=str(Path(sys.executable).parent)) or "serve"
-    # Its own cluster; token auth off so the `serve status` CLI below can read it without a token.
-    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_ADDRESS")}
-    env["RAY_AUTH_MODE"] = "disabled"
+    # Its own cluster, with Ray's default: token authentication on. The token lives in a file of this
+    # test (RAY_AUTH_TOKEN_PATH) rather than the user's ~/.ray/auth_token, which is the only difference
+    # from what the README says to type.
+    token_file = work / "auth_token"
+    token_file.write_text(secrets.token_hex(32))
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
+    env["RAY_AUTH_TOKEN_PATH"] = str(token_file)
+    env["COSYVOICE_API_KEY_HASHES"] = hashlib.sha256(API_KEY.encode()).hexdigest()
     log = (work / "serve.log").open("w")
     process = subprocess.Popen([serve_cli, "run", "--address", "local", str(config_path)], cwd=work, env=env,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -61,8 +72,9 @@ def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         else:
             raise AssertionError("serve run did not become healthy:\n" + (work / "serve.log").read_text()[-3000:])
         dashboard = re.search(r"http://(?:127\.0\.0\.1|localhost|[\d.]+):\d+", dashboard_line(work / "serve.log"))
+        # The CLI sends the token only in token mode: `RAY_AUTH_MODE=token serve status` (`make status`).
         yield {"base_url": base_url, "dashboard": dashboard.group(0) if dashboard else None, "cli": serve_cli,
-               "env": env, "status_log": work / "status.log"}
+               "env": {**env, "RAY_AUTH_MODE": "token"}, "env_without_token": env, "status_log": work / "status.log"}
     finally:
         os.killpg(process.pid, signal.SIGINT)  # serve run shuts the app and its Ray down on Ctrl-C
         try:
@@ -95,9 +107,30 @@ def llm_replicas(served: dict) -> int:
 def test_serve_run_serves_the_api(served) -> None:
     health = httpx.get(f"{served['base_url']}/health", timeout=30).json()
     assert health["status"] == "healthy" and all(health["stages"].values())
-    response = httpx.post(f"{served['base_url']}/api/v1/synthesize/sft", timeout=120,
-                          json={"text": "Hello, how are you today?", "voice_id": "pretrained_voice_001"})
+    body = {"text": "Hello, how are you today?", "voice_id": "pretrained_voice_001"}
+    refused = httpx.post(f"{served['base_url']}/api/v1/synthesize/sft", timeout=120, json=body)
+    assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+    response = httpx.post(f"{served['base_url']}/api/v1/synthesize/sft", timeout=120, json=body, headers=KEY_HEADER)
     assert response.status_code == 200 and response.json()["duration"] > 0
+    # An OpenAI client with the key, and one with a wrong key.
+    with openai.OpenAI(base_url=served["base_url"] + "/v1", api_key=API_KEY, max_retries=0, timeout=120) as client:
+        assert client.audio.speech.create(model="tts-1", voice="alloy", input="Hello.").content.startswith(b"ID3")
+    with openai.OpenAI(base_url=served["base_url"] + "/v1", api_key="sk-wrong", max_retries=0, timeout=60) as client:
+        with pytest.raises(openai.AuthenticationError) as refused_client:
+            client.models.list()
+    assert refused_client.value.code == "invalid_api_key"
+
+
+def test_serve_status_needs_the_token(served) -> None:
+    """Authentication is on: the CLI without token mode is refused, with it (what the README says) it
+    reads the application's status."""
+    refused = subprocess.run([served["cli"], "status", "--address", served["dashboard"]], capture_output=True,
+                             text=True, timeout=60, env=served["env_without_token"])
+    assert refused.returncode != 0 and "AuthenticationError" in refused.stderr, refused.stderr[-2000:]
+    status = subprocess.run([served["cli"], "status", "--address", served["dashboard"]], capture_output=True,
+                            text=True, timeout=60, env=served["env"])
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert yaml.safe_load(status.stdout)["applications"]["cosyvoice"]["status"] == "RUNNING"
 
 
 def test_a_burst_scales_the_llm_up_and_back_down(served) -> None:
@@ -106,7 +139,8 @@ def test_a_burst_scales_the_llm_up_and_back_down(served) -> None:
 
     def stream_one(seed: int) -> None:
         body = {"text": BURST_TEXT, "voice_id": "pretrained_voice_001", "stream": True, "seed": seed}
-        with httpx.stream("POST", f"{served['base_url']}/api/v1/synthesize/sft", json=body, timeout=300) as reply:
+        with httpx.stream("POST", f"{served['base_url']}/api/v1/synthesize/sft", json=body, timeout=300,
+                          headers=KEY_HEADER) as reply:
             for _ in reply.iter_raw():
                 pass
 

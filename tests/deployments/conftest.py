@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tts_model.twin import _synthetic_prompt
+from tts_core.synthetic_speech import speech_like
+from tts_model.frontend import PROMPT_SAMPLE_RATE
 
 
 @pytest.fixture(scope="module")
@@ -18,4 +19,4 @@ def frontend_handle(serve_cluster):
 @pytest.fixture(scope="module")
 def prompt_16k() -> np.ndarray:
     """A 3 s voiced prompt at 16 kHz."""
-    return _synthetic_prompt(3.0, 180.0, np.random.default_rng(5))
+    return speech_like(3.0, PROMPT_SAMPLE_RATE, 180.0, np.random.default_rng(5))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import struct
+import time
 import uuid
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -14,6 +15,8 @@ import numpy as np
 import soundfile as sf
 
 from tests.audio_samples import m4a_bytes
+from tts_core import synthetic_speech
+from tts_core.audio import MEDIA_TYPES
 
 MODEL_RATE = 24000
 PRETRAINED = ("pretrained_voice_001", "pretrained_voice_002")
@@ -31,19 +34,12 @@ def unique_id(prefix: str = "voice") -> str:
 
 def speech_like(seconds: float = 1.5, rate: int = 16000, f0: float = 150.0, seed: int = 0) -> np.ndarray:
     """A voiced, speech-like signal (harmonics, vibrato, syllable-rate envelope) in [-0.5, 0.5]."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.05 * np.sin(2 * np.pi * 5 * t))) / rate
-    voice = sum(np.sin(k * phase) / k for k in range(1, 8))
-    signal = voice * 0.5 * (1 + np.sin(2 * np.pi * 4 * t)) ** 2 / 4 + 0.01 * rng.standard_normal(t.size)
-    return (0.5 * signal / np.abs(signal).max()).astype(np.float32)
+    return synthetic_speech.speech_like(seconds, rate, f0, np.random.default_rng(seed))
 
 
 def wav_bytes(seconds: float = 1.5, rate: int = 16000, f0: float = 150.0, seed: int = 0) -> bytes:
     """A 16-bit PCM mono WAV file of speech-like audio."""
-    buffer = io.BytesIO()
-    sf.write(buffer, speech_like(seconds, rate, f0, seed), rate, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
+    return synthetic_speech.speech_like_wav(seconds, rate, f0, seed)
 
 
 def encoded_sample(fmt: str, seconds: float = 1.5, rate: int = 16000, channels: int = 1) -> bytes:
@@ -149,8 +145,7 @@ def download(client: httpx.Client, body: dict[str, Any]) -> bytes:
     """Fetch the file a synthesis answer points to, checking its content type."""
     response = client.get(body["audio_url"])
     assert response.status_code == 200, response.text
-    media = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac"}[body["format"]]
-    assert response.headers["content-type"].split(";")[0] == media
+    assert response.headers["content-type"].split(";")[0] == MEDIA_TYPES[body["format"]]
     return response.content
 
 
@@ -199,3 +194,45 @@ def check_audio(data: bytes, fmt: str, duration: float | None = None, rate: int 
     if duration is not None:
         assert abs(len(samples) / rate - duration) <= 1e-3, (len(samples) / rate, duration)
     return samples
+
+
+def post_large_body(base_url: str, path: str, size: int, content_type: str, chunked: bool, prefix: bytes = b"",
+                    timeout_s: float = 60.0, piece: int = 1 << 20) -> tuple[int | None, bytes, int]:
+    """POST a body of `size` bytes, `prefix` then spaces generated as they are sent, and stop sending as
+    soon as the server answers (as a careful client does; httpx would insist on sending it all first).
+
+    Returns the status (None if there was no answer), the response bytes and the body bytes sent.
+    """
+    import select
+    import socket
+
+    host, port = urlsplit(base_url).hostname, urlsplit(base_url).port
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {size}"
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n{framing}\r\n"
+            "Connection: close\r\n\r\n").encode()
+    data, sent, reply = b" " * piece, 0, b""
+    deadline = time.monotonic() + timeout_s
+    with socket.create_connection((host, port), timeout=timeout_s) as connection:
+        connection.sendall(head)
+        try:
+            while sent < size and time.monotonic() < deadline:
+                if select.select([connection], [], [], 0)[0]:
+                    break  # the server answered before the body ended
+                chunk = prefix if sent == 0 and prefix else data[: min(piece, size - sent)]
+                connection.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                sent += len(chunk)
+            else:
+                if chunked and sent >= size:
+                    connection.sendall(b"0\r\n\r\n")
+        except OSError:  # the server closed the connection while the body was still coming
+            pass
+        while time.monotonic() < deadline:
+            try:
+                more = connection.recv(65536)
+            except OSError:
+                break
+            if not more:
+                break
+            reply += more
+    status = int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/1.1 ") else None
+    return status, reply, sent

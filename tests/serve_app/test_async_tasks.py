@@ -157,8 +157,10 @@ def test_unknown_task_is_404_everywhere(client) -> None:
                          ("DELETE", "/api/v1/async/tasks/task_000000000000")]:
         response = client.request(method, path)
         assert response.status_code == 404
-        assert response.json() == {"error": "task_not_found", "message": "Task with ID 'task_000000000000' not found",
-                                    "details": {"path": path}}
+        body = response.json()
+        assert body["details"].pop("request_id") == response.headers["x-request-id"]
+        assert body == {"error": "task_not_found", "message": "Task with ID 'task_000000000000' not found",
+                        "details": {"path": path}}
 
 
 def test_list_filters_newest_first_and_limits(client) -> None:

@@ -18,6 +18,7 @@ from tests.serve_app.http_helpers import (
     unique_id,
     wav_bytes,
 )
+from tts_core.limits import MAX_UPLOAD_BYTES
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +35,19 @@ def voice_files(data_root: Path) -> list[str]:
     return sorted(path.name for path in (data_root / "voices").iterdir())
 
 
-def oversized_wav() -> bytes:
-    """A valid 1 s WAV followed by ~51 MB of padding: over the 50 MB limit, whatever the audio says."""
-    return wav_bytes(1.0) + bytes(51 * 1024 * 1024)
+def oversized_wav(padding: int = 51 * 1024 * 1024) -> bytes:
+    """A valid 1 s WAV followed by padding: by default ~51 MB, over the 50 MB limit, whatever the audio says."""
+    return wav_bytes(1.0) + bytes(padding)
 
 
 def test_oversized_voice_upload(client, data_root) -> None:
     before, files = registry_state(client), voice_files(data_root)
     voice_id = unique_id("huge")
+    # A body over the upload limit is refused before it is read (413); a file over 50 MB in a body
+    # just under it is refused once read (400).
     response = register(client, voice_id, "sft", audio=oversized_wav())
+    assert_error(response, 413, "payload_too_large", path="/api/v1/voices/")
+    response = register(client, voice_id, "sft", audio=oversized_wav(MAX_UPLOAD_BYTES - 4096))
     assert_error(response, 400, "invalid_audio", path="/api/v1/voices/")
     assert_error(client.get(f"/api/v1/voices/{voice_id}"), 404, "voice_not_found")
     assert registry_state(client) == before
@@ -53,7 +58,7 @@ def test_oversized_voice_upload(client, data_root) -> None:
 def test_oversized_prompt_audio(client, mode) -> None:
     response = client.post(f"/api/v1/synthesize/{mode}", data={"text": "Hello.", "prompt_text": PROMPT_TEXT},
                            files={"prompt_audio": ("big.wav", oversized_wav(), "audio/wav")})
-    assert_error(response, 400, "invalid_audio", path=f"/api/v1/synthesize/{mode}")
+    assert_error(response, 413, "payload_too_large", path=f"/api/v1/synthesize/{mode}")
 
 
 def with_data_size(wav: bytes, data_size: int, riff_size: int | None = None) -> bytes:

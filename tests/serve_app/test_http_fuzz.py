@@ -1,5 +1,6 @@
 """Fuzzing the running app from its own OpenAPI schema (schemathesis), and random text through the real
-pipeline (hypothesis): no input gives a 5xx, and every error has the contract's shape.
+pipeline (hypothesis): no input gives a 5xx, and every error has the contract's shape and leaks nothing
+from inside the server.
 
 Bounded to keep the suite fast: a dozen examples per operation, no shrinking.
 Async task routes are left out (they have their own tests).
@@ -17,7 +18,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
+from tests.leaks import assert_no_leaks, assert_one_sentence, strings_in
 from tests.serve_app.http_helpers import ERROR_CODE_RE, assert_error, assert_synthesis_result
+from tts_core.limits import MAX_TEXT_CHARS
 
 #: Every operation of the contract except the async tasks, as the schema names them.
 OPERATIONS = [("GET", "/"), ("GET", "/health"), ("POST", "/api/v1/voices/"), ("GET", "/api/v1/voices/"),
@@ -53,6 +56,19 @@ def check_response(response) -> None:
     assert unquote(body["details"]["path"]) == unquote(urlsplit(request.url).path), (where, body)
     if response.status_code == 422:
         assert body["error"] == "validation_error" and body["details"]["errors"], (where, body)
+    # Fuzzed values may come back (an id, a file name): only what the server adds must not leak.
+    assert_no_leaks(body, echoed=sent_text(request))
+
+
+def sent_text(request) -> str:
+    """Everything the client sent, as text: the URL, the raw body and the strings of a JSON body."""
+    raw = request.body or b""
+    raw = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    try:
+        decoded = " ".join(strings_in(json.loads(raw)))
+    except ValueError:
+        decoded = ""
+    return " ".join((unquote(str(request.url)), raw, decoded))
 
 
 def test_schema_lists_exactly_the_contract_operations(api_schema) -> None:
@@ -74,11 +90,13 @@ def test_openapi_fuzz(api_schema, method, path) -> None:
     fuzz()
 
 
-# Text of any kind, through the real pipeline: control characters, emoji, mixed scripts, markup.
-any_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=40)
+# Text of any kind, through the real pipeline: control characters, emoji, mixed scripts, markup, and up
+# to the longest text a request may carry (the in-process front-end test tries many more).
+any_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=MAX_TEXT_CHARS)
 interesting_text = st.sampled_from(["😀😀😀", "<b>Hi</b> & <i>bye</i>", "1234567890", "...", "!?", "\u200b",
                                     "a\x00b", "Ωμέγα ñandú", "こんにちは", "안녕하세요", "مرحبا", "\n\nHi\n\n",
-                                    "$%^&*()", "https://example.com/a?b=c", "1/2 + 3.5% = ?", "ー", "ℌ𝔢𝔩𝔩𝔬"])
+                                    "$%^&*()", "https://example.com/a?b=c", "1/2 + 3.5% = ?", "ー", "ℌ𝔢𝔩𝔩𝔬",
+                                    "see [1] here", "Price [5kg]", "[31", "Hello\u001b[31m world", "...!!!???,,,"])
 
 
 @given(text=st.one_of(interesting_text, any_text))
@@ -91,4 +109,6 @@ def test_any_text_synthesizes_or_is_refused_cleanly(serve_cluster, text) -> None
     if response.status_code == 200:
         assert_synthesis_result(response.json())
     else:
-        assert_error(response, 400, "invalid_request")
+        body = assert_error(response, 400, "invalid_request")
+        assert_one_sentence(body["message"])
+        assert_no_leaks(body)

@@ -336,5 +336,8 @@ def test_seed_complete_workflow(serve_cluster, tmp_path, monkeypatch, capsys) ->
 def test_seed_error_example(serve_cluster) -> None:
     response = requests.get(f"{serve_cluster['base_url']}/api/v1/voices/non_existent", timeout=60)
     assert response.status_code == 404
-    assert response.json() == {"error": "voice_not_found", "message": "Voice with ID 'non_existent' not found",
-                               "details": {"path": "/api/v1/voices/non_existent"}}
+    body = response.json()
+    # The example's body, plus the id of the request (the server log's key to it).
+    assert body["details"].pop("request_id") == response.headers["x-request-id"]
+    assert body == {"error": "voice_not_found", "message": "Voice with ID 'non_existent' not found",
+                    "details": {"path": "/api/v1/voices/non_existent"}}

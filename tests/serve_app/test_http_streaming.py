@@ -1,5 +1,6 @@
-"""Streaming synthesis over HTTP (`stream=true`): chunked audio/wav with an open-ended header, bytes
-arriving while the model still works, and a client that hangs up stopping the generation upstream."""
+"""Streaming synthesis over HTTP (`stream=true`): chunked audio/wav with an open-ended header, every
+other output format encoded as it streams, bytes arriving while the model still works, and a client
+that hangs up stopping the generation upstream."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import numpy as np
 import pytest
 from ray import serve
 
+from tests.audio_samples import decode_output
 from tests.serve_app.http_helpers import MODEL_RATE, PROMPT_TEXT, assert_error, unique_id, wav_bytes
+from tts_core.audio import MEDIA_TYPES
+from tts_core.stream_encoding import OUTPUT_FORMATS, StreamEncoder
 
 STREAM_TEXT = ("Hello there, this is a streaming test with a longer text. It has several sentences in it, so the "
                "model has to work for a while. Each sentence makes more audio for the stream to carry, chunk by "
@@ -40,9 +44,9 @@ def read_timed(response: httpx.Response, started: float) -> list[tuple[float, by
     return [(time.perf_counter() - started, chunk) for chunk in response.iter_raw() if chunk]
 
 
-def check_stream_headers(response: httpx.Response) -> None:
+def check_stream_headers(response: httpx.Response, fmt: str = "wav") -> None:
     assert response.status_code == 200
-    assert response.headers["content-type"] == "audio/wav"
+    assert response.headers["content-type"] == MEDIA_TYPES[fmt]
     assert "content-length" not in response.headers
     assert response.headers.get("transfer-encoding") == "chunked"
 
@@ -123,9 +127,34 @@ def test_stream_errors_are_json_before_any_audio(client, mode) -> None:
     with stream_request(client, mode, "   ", "pretrained_voice_001") as response:
         response.read()
     assert_error(response, 400)
-    with stream_request(client, mode, "Hello.", "pretrained_voice_001", format="mp3") as response:
+    with stream_request(client, mode, "Hello.", "pretrained_voice_001", format="ogg") as response:
         response.read()
-    assert_error(response, 400, "unsupported_format")
+    assert_error(response, 422, "validation_error")
+
+
+@pytest.fixture(scope="module")
+def seeded_pcm(module_client) -> np.ndarray:
+    """A seeded stream's audio, as raw 16-bit samples."""
+    with stream_request(module_client, "sft", STREAM_TEXT, format="pcm", seed=5) as response:
+        check_stream_headers(response, "pcm")
+        return decode_output(response.read(), "pcm")
+
+
+@pytest.mark.parametrize("fmt", OUTPUT_FORMATS)
+def test_every_format_streams_as_it_is_encoded(client, seeded_pcm, fmt) -> None:
+    """Each format arrives in several chunks, and is the seed's audio encoded whole, byte for byte (the
+    encoders do not depend on the chunking; tests/tts_core/test_stream_encoding.py shows each codec's
+    fidelity); lossless formats decode to the exact samples."""
+    with stream_request(client, "sft", STREAM_TEXT, format=fmt, seed=5) as response:
+        check_stream_headers(response, fmt)
+        chunks = [chunk for chunk in response.iter_raw() if chunk]
+    encoder = StreamEncoder(fmt, MODEL_RATE)
+    assert b"".join(chunks) == encoder.start() + encoder.encode(seeded_pcm) + encoder.finish()
+    assert len(chunks) >= 3
+    if fmt in ("wav", "pcm", "flac"):
+        data = b"".join(chunks)
+        decoded = decode_output(data[44:], "pcm") if fmt == "wav" else decode_output(data, fmt)
+        np.testing.assert_allclose(decoded, seeded_pcm, atol=1.5 / 32767)  # decoders scale by 1/32768
 
 
 def wait_until_idle(llm, timeout: float) -> dict:

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.audio_samples import decode_output
 from tests.serve_app.http_helpers import (
+    MODEL_RATE,
     PROMPT_TEXT,
     SHORT_TEXT,
     assert_error,
@@ -19,6 +21,7 @@ from tests.serve_app.http_helpers import (
     unique_id,
     wav_bytes,
 )
+from tts_core.stream_encoding import encode_file
 
 LABELS = {"sft": "SFT", "zero-shot": "Zero-shot", "cross-lingual": "Cross-lingual", "instruct": "Instruct"}
 INSTRUCTION = "Please speak in a happy and energetic tone"
@@ -234,14 +237,17 @@ def test_prompt_audio_length_limits(client, seconds) -> None:
     assert_error(response, 400, "invalid_audio")
 
 
-# --- 400 unsupported_format ------------------------------------------------------------------------
+# --- formats the libsndfile path does not write ------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", ["mp3", "flac"])
-@pytest.mark.parametrize("mode", list(LABELS))
-def test_stream_only_wav(client, voice_id, mode, fmt) -> None:
-    response = synthesize(client, mode, voice_id, format=fmt, stream=True)
-    assert_error(response, 400, "unsupported_format", path=f"/api/v1/synthesize/{mode}")
+@pytest.mark.parametrize("fmt", ["opus", "aac", "pcm"])
+def test_stream_formats_as_files(client, fmt) -> None:
+    """Opus (Ogg), AAC (ADTS) and raw PCM files are the seed's audio encoded whole, with its duration."""
+    body = synthesize(client, "sft", format=fmt, seed=7).json()
+    assert_synthesis_result(body, fmt)
+    exact = decode_output(download(client, synthesize(client, "sft", format="pcm", seed=7).json()), "pcm")
+    assert download(client, body) == encode_file(exact, MODEL_RATE, fmt)
+    assert body["duration"] == round(len(exact) / MODEL_RATE, 3)
 
 
 # --- 422 -------------------------------------------------------------------------------------------

@@ -24,6 +24,13 @@ def test_health_once_loaded(client) -> None:
     assert body["status"] == "healthy"
     assert body["voice_manager_ready"] is True
     assert body["async_synthesis_ready"] is True
+    # dtype: auto resolves on the LLM's device: fp32 on CPUs without native bf16.
+    assert body["precision"] == ("bf16" if native_cpu_bf16() else "fp32")
+
+
+def native_cpu_bf16() -> bool:
+    flags = open("/proc/cpuinfo").read()
+    return " avx512_bf16" in flags or " amx_tile" in flags
 
 
 def test_docs_and_openapi_served(client) -> None:

@@ -265,8 +265,10 @@ def test_unknown_voice_is_404_voice_not_found(client, method) -> None:
 def test_seed_error_example_shape(client) -> None:
     response = client.get("/api/v1/voices/non_existent")
     assert response.status_code == 404
-    assert response.json() == {"error": "voice_not_found", "message": "Voice with ID 'non_existent' not found",
-                               "details": {"path": "/api/v1/voices/non_existent"}}
+    body = response.json()
+    assert body["details"].pop("request_id") == response.headers["x-request-id"]
+    assert body == {"error": "voice_not_found", "message": "Voice with ID 'non_existent' not found",
+                    "details": {"path": "/api/v1/voices/non_existent"}}
 
 
 # --- list ------------------------------------------------------------------------------------------

@@ -171,7 +171,8 @@ def test_encode_clips_and_rejects_unknown_formats() -> None:
 
 
 def test_media_types() -> None:
-    assert MEDIA_TYPES == {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac"}
+    assert MEDIA_TYPES == {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac", "opus": "audio/opus",
+                           "aac": "audio/aac", "pcm": "audio/pcm"}
 
 
 def test_streaming_wav_header() -> None:

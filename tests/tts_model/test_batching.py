@@ -125,3 +125,78 @@ def test_vocoder_equals_upstream_hift(tiny_model) -> None:
 ])
 def test_padding_groups_keep_padding_small(lengths, groups) -> None:
     assert padding_groups(lengths) == groups
+
+
+def decode_alone(decoder: SpeechTokenDecoder, request: SpeechTokenRequest) -> list[int]:
+    state = decoder.start(request)
+    while not state.finished:
+        decoder.step(state)
+    return state.out_tokens
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("fault", ["sampling", "forward"])
+def test_a_failing_sequence_leaves_the_batch_alone(tiny_model, fault) -> None:
+    """One of several concurrent sequences fails mid-way (in its sampling, or in a batched forward
+    that fails part-way through the layers): it alone fails; the others, and a sequence that
+    joins later, get exactly what they get alone."""
+    decoder = SpeechTokenDecoder(tiny_model.llm, tiny_model.sampling_params)
+    batch = requests(tiny_model)[:5]
+    alone = [decode_alone(decoder, request) for request in batch]
+    victim_index, fail_at = 1, 6
+
+    states = [decoder.start(request) for request in batch[:4]]
+    victim = states[victim_index]
+    marker = 1e4  # the victim's input after `fail_at` steps carries it, so the forward can tell
+
+    if fault == "sampling":
+        sample = decoder.sample
+
+        def faulty_sample(logp, state, ignore_eos):
+            if state is victim and state.step == fail_at:
+                raise InjectedFault("injected sampling failure")
+            return sample(logp, state, ignore_eos)
+
+        decoder.sample = faulty_sample
+    else:
+        layers = tiny_model.llm.llm.model.model.layers
+        seen = {"victim": False}
+
+        def spot_victim(module, args, kwargs):
+            seen["victim"] = bool((kwargs["inputs_embeds"][:, -1, 0] == marker).any())
+
+        def fail_in_layer_two(module, args):
+            if seen["victim"]:
+                raise InjectedFault("injected forward failure")
+
+        hooks = [tiny_model.llm.llm.model.model.register_forward_pre_hook(spot_victim, with_kwargs=True),
+                 layers[1].register_forward_pre_hook(fail_in_layer_two)]
+    try:
+        active, late, step = list(states), None, 0
+        while active:
+            if fault == "forward" and victim.step == fail_at and not victim.finished:
+                victim.lm_input = victim.lm_input.clone()
+                victim.lm_input[:, -1, 0] = marker
+            decoder.step_batch(active)
+            step += 1
+            if late is None and victim.finished:
+                late = decoder.start(batch[4])
+                active.append(late)
+            active = [state for state in active if not state.finished]
+    finally:
+        if fault == "sampling":
+            del decoder.sample
+        else:
+            for hook in hooks:
+                hook.remove()
+
+    assert isinstance(victim.error, InjectedFault)
+    assert victim.out_tokens == alone[victim_index][:fail_at]
+    others = [index for index in range(4) if index != victim_index]
+    assert all(states[index].error is None for index in others)
+    assert [states[index].out_tokens for index in others] == [alone[index] for index in others]
+    assert late is not None and late.error is None and late.out_tokens == alone[4]
+    assert decode_alone(decoder, batch[0]) == alone[0]

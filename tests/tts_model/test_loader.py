@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tts_model.loader import ModelDirError, load_model
+from tts_model.loader import ModelDirError, load_model, resolve_dtype
 
 
 @pytest.fixture()
@@ -48,6 +48,18 @@ def test_bf16_applies_to_llm_and_flow(tiny_model_dir: Path) -> None:
     assert next(model.llm.parameters()).dtype == torch.bfloat16
     assert next(model.flow.parameters()).dtype == torch.bfloat16
     assert next(model.hift.parameters()).dtype == torch.float32
+
+
+def test_auto_precision_is_bf16_only_where_native(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    assert resolve_dtype("fp32", cpu) == "fp32" and resolve_dtype("bf16", cpu) == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert resolve_dtype("auto", cpu) == "fp32"
+    assert next(load_model(tiny_model_dir, parts=["flow"], dtype="auto").flow.parameters()).dtype == torch.float32
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert resolve_dtype("auto", cpu) == "bf16"
+    assert next(load_model(tiny_model_dir, parts=["flow"], dtype="auto").flow.parameters()).dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("name", ["flow.pt", "campplus.onnx", "CosyVoice-BlankEN/vocab.json"])

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
+from tests.reference import upstream_llm_tokens
 from tts_core.wire import FlowPrompt, SpeechTokenRequest
 from tts_model.flow_decode import flow_mel
 from tts_model.frontend import TextFrontend, voice_from_spk2info
@@ -46,13 +49,25 @@ def test_decoder_matches_upstream_inference(tiny_model) -> None:
         while not state.finished:
             decoder.step(state)
 
-        def as_input(ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-            return torch.tensor([ids], dtype=torch.int32), torch.tensor([len(ids)], dtype=torch.int32)
-
-        torch.manual_seed(seed)
-        (text_t, text_len), (prompt_t, prompt_len), (speech_t, speech_len) = map(as_input, (text, prompt_text,
-                                                                                         prompt_speech))
-        expected = list(tiny_model.llm.inference(text=text_t, text_len=text_len, prompt_text=prompt_t,
-                                                 prompt_text_len=prompt_len, prompt_speech_token=speech_t,
-                                                 prompt_speech_token_len=speech_len, embedding=torch.zeros(0, 192)))
+        expected = upstream_llm_tokens(tiny_model.llm, *(torch.tensor([ids], dtype=torch.int32)
+                                                         for ids in (text, prompt_text, prompt_speech)), seed)
         assert state.out_tokens == expected
+
+
+def test_a_model_that_keeps_choosing_end_of_speech_speaks_the_minimum_length(tiny_model) -> None:
+    """End-of-speech is masked until the minimum length, as current upstream does: such a model
+    speaks exactly that many tokens (the installed snapshot resampled 100 times, then raised)."""
+    llm = copy.deepcopy(tiny_model.llm)
+    with torch.no_grad():
+        llm.llm_decoder.bias[6561] = 100.0
+        llm.llm_decoder.bias[6562:6564] = -100.0
+    text = TextFrontend(tiny_model.tokenizer).tokenize("Hello! This is a test of voice cloning.")
+    decoder = SpeechTokenDecoder(llm, tiny_model.sampling_params)
+    state = decoder.start(SpeechTokenRequest(text_token=text, seed=3))
+    while not state.finished:
+        decoder.step(state)
+    assert state.error is None
+    assert len(state.out_tokens) == state.min_len == 2 * len(text)
+    assert state.out_tokens == upstream_llm_tokens(llm, torch.tensor([text], dtype=torch.int32),
+                                                   torch.zeros(1, 0, dtype=torch.int32),
+                                                   torch.zeros(1, 0, dtype=torch.int32), 3)

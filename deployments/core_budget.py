@@ -1,0 +1,81 @@
+"""Sharing a node's cores between the model replicas on it, forward pass by forward pass.
+
+One fixed thread count per replica either leaves cores idle (one busy stage at low load) or
+oversubscribes them (every stage busy). Instead each forward pass takes the cores that the
+forwards running in other replicas of the node leave free, at least one: a lone request runs
+on the whole machine, and under load the stages split it. What is taken is kept in one small
+file per node and application in shared memory, under an advisory lock; entries of processes that
+died mid-forward are dropped when read, so a killed replica never holds cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+
+def node_cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class CoreBudget:
+    """`with budget.forward():` sizes torch's intra-op threads for one forward pass."""
+
+    def __init__(self, name: str, cores: int | None = None):
+        folder = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+        self.path = folder / f"cosyvoice-cores-{name}"
+        self.cores = cores or node_cores()
+        self.pid = os.getpid()
+
+    @contextlib.contextmanager
+    def _table(self) -> Iterator[dict[int, int]]:
+        """The node's grants, pid -> threads, locked for reading and writing back."""
+        with open(self.path, "a+") as file:
+            fcntl.flock(file, fcntl.LOCK_EX)
+            file.seek(0)
+            grants: dict[int, int] = {}
+            for line in file.read().split():
+                pid, _, threads = line.partition(":")
+                if pid.isdigit() and threads.isdigit() and _alive(int(pid)):
+                    grants[int(pid)] = int(threads)
+            yield grants
+            file.seek(0)
+            file.truncate()
+            file.write(" ".join(f"{pid}:{threads}" for pid, threads in grants.items()))
+
+    def acquire(self) -> int:
+        with self._table() as grants:
+            taken = sum(threads for pid, threads in grants.items() if pid != self.pid)
+            grants[self.pid] = max(1, self.cores - taken)
+            return grants[self.pid]
+
+    def release(self) -> None:
+        with self._table() as grants:
+            grants.pop(self.pid, None)
+
+    @contextlib.contextmanager
+    def forward(self) -> Iterator[int]:
+        threads = self.acquire()
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        try:
+            yield threads
+        finally:
+            self.release()

@@ -1,0 +1,58 @@
+"""The node's cores are shared forward pass by forward pass between model replicas."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+import torch
+
+from deployments.core_budget import CoreBudget
+
+
+@pytest.fixture
+def budgets():
+    """Two replicas' budgets on one node of 4 cores (the second stands for another process)."""
+    name = f"test-{uuid.uuid4().hex}"
+    mine, other = CoreBudget(name, cores=4), CoreBudget(name, cores=4)
+    other.pid = os.getppid()  # a live process that is not this one
+    yield mine, other
+    mine.path.unlink(missing_ok=True)
+
+
+def test_a_lone_forward_pass_gets_every_core(budgets) -> None:
+    mine, _ = budgets
+    assert mine.acquire() == 4
+    mine.release()
+    assert mine.acquire() == 4
+
+
+def test_forward_passes_split_the_cores(budgets) -> None:
+    mine, other = budgets
+    assert other.acquire() == 4
+    assert mine.acquire() == 1  # never none, even when all are taken
+    mine.release()
+    other.release()
+    assert mine.acquire() == 4
+
+
+def test_cores_of_a_dead_process_are_free_again(budgets) -> None:
+    mine, _ = budgets
+    mine.path.write_text("999999999:3")  # a pid no process has
+    assert mine.acquire() == 4
+
+
+def test_forward_sets_torch_threads_and_releases(budgets) -> None:
+    mine, other = budgets
+    before = torch.get_num_threads()
+    try:
+        other.acquire()
+        other.release()
+        with mine.forward() as threads:
+            assert threads == 4 and torch.get_num_threads() == 4
+            assert other.acquire() == 1
+            other.release()
+        assert other.acquire() == 4
+    finally:
+        torch.set_num_threads(before)
