@@ -1,42 +1,32 @@
-"""Streamed audio out of the model's float PCM, chunk by chunk: raw PCM (16-bit or G.711 mu-law) at
-24, 16 or 8 kHz, optionally framed as WAV.
+"""Streamed audio for the speech WebSocket, out of the model's float PCM chunk by chunk: any of the
+service's streamed formats (`stream_encoding`), resampled to 24, 16 or 8 kHz, and G.711 mu-law
+for telephony.
 
-Every format is a `StreamEncoder`: `encode(pcm)` takes the next float32 chunk at the model's rate
-and returns the bytes ready to send, `flush()` the rest once the stream ends. Encoding chunk by
-chunk gives the same bytes as encoding the whole signal at once (the resampler keeps its filter
-state between chunks), so a client may concatenate what it receives.
+`encode(pcm)` takes the next float32 chunk at the model's rate and returns the bytes ready to
+send, `flush()` the rest once the stream ends. Encoding chunk by chunk gives the same bytes as
+encoding the whole signal at once (the resampler keeps its filter state between chunks), so a
+client may concatenate what it receives.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Protocol
 
 import numpy as np
 from scipy import signal
 
-from tts_core.audio import AudioError, pcm16_bytes, streaming_wav_header
+from tts_core.audio import AudioError, pcm16_bytes
+from tts_core.stream_encoding import OUTPUT_FORMATS, StreamEncoder
 
 #: Output rates a stream may ask for, with the model's own (24 kHz) first.
 STREAM_SAMPLE_RATES = (24000, 16000, 8000)
-#: Raw formats and how their samples are encoded.
-STREAM_FORMATS = ("pcm", "mulaw", "wav")
+#: Formats a stream may ask for: the service's streamed formats, and G.711 mu-law.
+STREAM_FORMATS = (*OUTPUT_FORMATS, "mulaw")
 #: Half-length of the resampling filter, in input samples per output step.
 _FILTER_HALF_TAPS = 16
 #: G.711 mu-law on 14-bit magnitudes: clip level, bias and the upper end of each of its 8 segments.
 _MULAW_CLIP, _MULAW_BIAS = 8159, 0x21
 _MULAW_SEGMENT_ENDS = np.array([0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF])
-
-
-class StreamEncoder(Protocol):
-    """Turns a stream of float32 PCM chunks at the model's rate into bytes of one format."""
-
-    media_type: str
-    sample_rate: int
-
-    def encode(self, pcm: np.ndarray) -> bytes: ...
-
-    def flush(self) -> bytes: ...
 
 
 class StreamResampler:
@@ -90,9 +80,9 @@ def mulaw_bytes(samples: np.ndarray) -> bytes:
     return (code ^ mask).astype(np.uint8).tobytes()
 
 
-class PcmStreamEncoder:
-    """Raw PCM (`pcm`: 16-bit little-endian; `mulaw`: G.711 mu-law), resampled, optionally with a WAV
-    header of unknown length in front (`wav`: 16-bit PCM)."""
+class ResampledStreamEncoder:
+    """One stream of `fmt` at `sample_rate` out of float PCM at `source_rate`: resampled, then
+    `mulaw_bytes` for `mulaw`, any other format through `stream_encoding.StreamEncoder`."""
 
     def __init__(self, fmt: str, sample_rate: int, source_rate: int):
         if fmt not in STREAM_FORMATS:
@@ -102,23 +92,28 @@ class PcmStreamEncoder:
             raise AudioError("unsupported_format", f"Unsupported sample rate {sample_rate}; use one of "
                              f"{', '.join(map(str, STREAM_SAMPLE_RATES))}")
         self.fmt, self.sample_rate = fmt, sample_rate
-        self.media_type = {"pcm": "audio/L16", "mulaw": "audio/PCMU", "wav": "audio/wav"}[fmt]
         self.resampler = StreamResampler(source_rate, sample_rate) if sample_rate != source_rate else None
-        self.header = (streaming_wav_header(sample_rate) if fmt == "wav" else b"")
+        self.encoder = None if fmt == "mulaw" else StreamEncoder(fmt, sample_rate)
+        self.header = self.encoder.start() if self.encoder else b""
+        #: Samples (at `sample_rate`) encoded so far.
+        self.samples = 0
 
     def encode(self, pcm: np.ndarray) -> bytes:
         samples = self.resampler.process(pcm) if self.resampler else np.asarray(pcm, dtype=np.float32)
         return self._bytes(samples)
 
     def flush(self) -> bytes:
-        return self._bytes(self.resampler.flush()) if self.resampler else self._bytes(np.zeros(0, np.float32))
+        """The rest of the stream: the resampler's last samples and the encoder's buffered frames."""
+        tail = self._bytes(self.resampler.flush()) if self.resampler else self._bytes(np.zeros(0, np.float32))
+        return tail + (self.encoder.finish() if self.encoder else b"")
 
     def _bytes(self, samples: np.ndarray) -> bytes:
-        body = mulaw_bytes(samples) if self.fmt == "mulaw" else pcm16_bytes(samples)
+        self.samples += len(samples)
+        body = mulaw_bytes(samples) if self.encoder is None else self.encoder.encode(samples)
         header, self.header = self.header, b""
         return header + body
 
 
-def stream_encoder(fmt: str, sample_rate: int, source_rate: int) -> StreamEncoder:
+def stream_encoder(fmt: str, sample_rate: int, source_rate: int) -> ResampledStreamEncoder:
     """The encoder of one streamed format (AudioError `unsupported_format` for others)."""
-    return PcmStreamEncoder(fmt, sample_rate, source_rate)
+    return ResampledStreamEncoder(fmt, sample_rate, source_rate)

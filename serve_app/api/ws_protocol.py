@@ -14,9 +14,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tts_core.limits import MAX_TEXT_CHARS
+from tts_core.limits import MAX_INSTRUCT_CHARS, MAX_TEXT_CHARS
 from tts_core.modes import SynthesisMode
-from tts_core.pcm_stream import STREAM_SAMPLE_RATES
+from tts_core.pcm_stream import STREAM_FORMATS, STREAM_SAMPLE_RATES
 
 #: The context an utterance belongs to when a message names none.
 DEFAULT_CONTEXT = "default"
@@ -34,11 +34,12 @@ class StreamConfig(_Message):
     type: Literal["config"] = Field(description="Always `config`.")
     voice_id: str = Field(min_length=1, description="A pretrained or registered voice.")
     mode: SynthesisMode = Field(SynthesisMode.SFT, description="sft, zero_shot, cross_lingual or instruct.")
-    instruct_text: str | None = Field(None, min_length=1, max_length=500,
+    instruct_text: str | None = Field(None, min_length=1, max_length=MAX_INSTRUCT_CHARS,
                                       description="How to speak (instruct mode only, where it is required).")
-    format: Literal["pcm", "mulaw", "wav"] = Field(
+    format: Literal[STREAM_FORMATS] = Field(
         "pcm", description="Audio frames: `pcm` 16-bit little-endian mono, `mulaw` G.711 mu-law, `wav` the pcm "
-                           "stream of each utterance behind a WAV header of unknown length.")
+                           "stream of each utterance behind a WAV header of unknown length; `mp3`, `opus`, `aac`, "
+                           "`flac` as on the HTTP routes (each utterance one stream of the format).")
     sample_rate: int | None = Field(None, description=f"One of {', '.join(map(str, STREAM_SAMPLE_RATES))} Hz; "
                                                       "default 24000 (8000 for mulaw).")
     seed: int | None = Field(None, ge=0, le=2**31 - 1,
@@ -111,4 +112,5 @@ class ErrorEvent(BaseModel):
     type: Literal["error"] = "error"
     error: str = Field(description="Error code, as in the REST API's error shape.")
     message: str = Field(description="What went wrong.")
-    details: dict = Field(description="`path`, and the `context_id` concerned if any.")
+    details: dict = Field(description="`path`, `request_id` (the socket's, as in the server's log), and the "
+                                      "`context_id` concerned if any.")

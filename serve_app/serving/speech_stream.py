@@ -29,7 +29,7 @@ from fastapi import WebSocket
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.websockets import WebSocketDisconnect
 
-from serve_app.api.errors import ApiError
+from serve_app.api.errors import ApiError, error_body, request_id
 from serve_app.api.ws_protocol import (
     ChunkEvent,
     CloseMessage,
@@ -41,10 +41,11 @@ from serve_app.api.ws_protocol import (
     TextMessage,
 )
 from serve_app.serving.state import ServiceState
+from serve_app.serving.synthesis import check_output_format, synthesis_failed
 from tts_core.limits import MAX_OPEN_UTTERANCES, MAX_STREAMED_TEXT_CHARS
 from tts_core.pcm_stream import stream_encoder
 from tts_core.text_stream import TextTokenMap, release_point
-from tts_core.wire import BistreamInput, BistreamJob, FrontendError, VoiceFeatures
+from tts_core.wire import BistreamInput, BistreamJob, VoiceFeatures
 
 logger = logging.getLogger("ray.serve")
 
@@ -62,13 +63,18 @@ _client_message = TypeAdapter(TextMessage | ContextMessage | CloseMessage)
 
 
 class StreamError(Exception):
-    """An error event; with `close_code` the session ends after it."""
+    """An error event (the API's error shape); with `close_code` the session ends after it."""
 
     def __init__(self, code: str, message: str, close_code: int | None = None, context_id: str | None = None,
                  **details: Any):
         super().__init__(message)
         self.code, self.message, self.close_code = code, message, close_code
-        self.details = {"path": PATH, **({"context_id": context_id} if context_id else {}), **details}
+        self.details = {**({"context_id": context_id} if context_id else {}), **details}
+
+    @classmethod
+    def from_api_error(cls, exc: ApiError, close_code: int | None = None,
+                       context_id: str | None = None) -> StreamError:
+        return cls(exc.code, exc.message, close_code, context_id, **exc.details)
 
 
 def validation_error(exc: ValidationError, close_code: int | None = POLICY_VIOLATION) -> StreamError:
@@ -149,8 +155,9 @@ class SpeechStreamSession:
         except WebSocketDisconnect:
             pass
         except Exception:
-            logger.exception("speech stream failed")
-            await self._send_error(StreamError("internal_server_error", "Internal server error"))
+            logger.exception("request %s: speech stream failed", request_id(self.websocket.scope))
+            await self._send_error(StreamError("internal_server_error", "Internal server error; the server log has "
+                                               "the details under this request's id."))
             await self._close(INTERNAL_ERROR)
         finally:
             self._stop_all()
@@ -187,8 +194,9 @@ class SpeechStreamSession:
             raise validation_error(exc) from None
         try:
             self.voice = await self.services.voices.features(self.config.voice_id)
+            check_output_format(self.config.format if self.config.format != "mulaw" else "pcm", stream=True)
         except ApiError as exc:
-            raise StreamError(exc.code, exc.message, POLICY_VIOLATION) from None
+            raise StreamError.from_api_error(exc, POLICY_VIOLATION) from None
         self.seed = secrets.randbelow(2**31) if self.config.seed is None else self.config.seed
 
     async def _handle(self, raw: dict) -> None:
@@ -334,7 +342,7 @@ class SpeechStreamSession:
         """Synthesize the utterance's phrases one after another, encoding each chunk for the sender."""
         config = self.config
         encoder = stream_encoder(config.format, config.sample_rate, self.services.synthesis.sample_rate)
-        index, spoken = 0, 0
+        index, spoken, encoded = 0, 0, 0
         try:
             while (phrase := await utterance.phrases.get()) is not None:
                 job = BistreamJob(key=phrase.key, mode=config.mode, voice=self.voice,
@@ -346,15 +354,15 @@ class SpeechStreamSession:
                         end = phrase.end if chunk.segment_done else phrase.tokens.char_at(chunk.text_tokens)
                         end = max(spoken, end)
                         data = encoder.encode(chunk.pcm)
-                        seconds = len(chunk.pcm) / self.services.synthesis.sample_rate
+                        seconds, encoded = (encoder.samples - encoded) / config.sample_rate, encoder.samples
                         event = self._chunk_event(utterance, index, data, spoken, end, seconds)
                         await utterance.audio.put(_Audio(event, data, phrase.key, chunk.tokens))
                         index, spoken = index + 1, end
                 finally:
                     response.cancel()
                     self.services.inbox.discard.remote(phrase.key)
-            if tail := encoder.flush():  # the resampler's last samples
-                seconds = len(tail) / (1 if config.format == "mulaw" else 2) / config.sample_rate
+            if tail := encoder.flush():  # the resampler's last samples, the encoder's last frames
+                seconds = (encoder.samples - encoded) / config.sample_rate
                 event = self._chunk_event(utterance, index, tail, spoken, spoken, seconds)
                 await utterance.audio.put(_Audio(event, tail, None, 0))
             await utterance.audio.put(None)
@@ -371,13 +379,10 @@ class SpeechStreamSession:
 
     async def _fail(self, utterance: _Utterance, exc: Exception) -> None:
         """An utterance that cannot go on: its error, then its end; the others carry on."""
-        if isinstance(exc, FrontendError):
-            error = StreamError("invalid_request", str(exc), context_id=utterance.context_id)
-        else:
-            logger.error("streamed synthesis failed: %r", exc)
-            error = StreamError("synthesis_error", f"Synthesis failed: {type(exc).__name__}",
-                                context_id=utterance.context_id)
-        await self._send_error(error)
+        error = synthesis_failed(exc)
+        if error.status_code >= 500:
+            logger.error("request %s: streamed synthesis failed", request_id(self.websocket.scope), exc_info=exc)
+        await self._send_error(StreamError.from_api_error(error, context_id=utterance.context_id))
         await self._cancel(utterance)
 
     async def _send_audio(self) -> None:
@@ -433,7 +438,8 @@ class SpeechStreamSession:
 
     async def _send_error(self, error: StreamError) -> None:
         try:
-            await self._send_json(ErrorEvent(error=error.code, message=error.message, details=error.details))
+            body = error_body(self.websocket.scope, error.code, error.message, **error.details)
+            await self._send_json(ErrorEvent(**body))
         except Exception:  # the client is gone
             logger.debug("could not send an error event", exc_info=True)
 

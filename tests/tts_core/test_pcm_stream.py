@@ -1,4 +1,5 @@
-"""Streamed PCM out: resampling and mu-law, chunk by chunk equal to all at once."""
+"""Streamed audio for the WebSocket: resampling, mu-law and the service's stream encoders, chunk by
+chunk equal to all at once."""
 
 from __future__ import annotations
 
@@ -59,6 +60,26 @@ def test_chunk_by_chunk_equals_all_at_once(fmt, rate) -> None:
     assert in_chunks(stream_encoder(fmt, rate, RATE), signal, [1, 480, 999, 4800, 3]) == expected
     samples = int(np.ceil(len(signal) * rate / RATE))
     assert len(expected) == {"pcm": 2 * samples, "mulaw": samples, "wav": 44 + 2 * samples}[fmt]
+
+
+@pytest.mark.parametrize(("fmt", "rate"), [("mp3", 16000), ("opus", 24000), ("flac", 8000), ("aac", 16000)])
+def test_compressed_formats_stream_resampled_and_decode_to_the_signal(fmt, rate, tmp_path) -> None:
+    import av
+
+    signal = tone(300.0, 0.9)
+    whole = stream_encoder(fmt, rate, RATE)
+    expected = whole.encode(signal) + whole.flush()
+    chunked = stream_encoder(fmt, rate, RATE)
+    assert in_chunks(chunked, signal, [1, 480, 999, 4800, 3]) == expected
+    assert chunked.samples == whole.samples == int(np.ceil(len(signal) * rate / RATE))
+    with av.open(io.BytesIO(expected)) as container:
+        frames = [frame.to_ndarray().reshape(-1) for frame in container.decode(audio=0)]
+        decoded_rate = container.streams.audio[0].codec_context.sample_rate
+    decoded = np.concatenate(frames)
+    # Opus decodes at 48 kHz whatever it was given; the others at the stream's rate.
+    assert decoded_rate == (48000 if fmt == "opus" else rate)
+    assert len(decoded) / decoded_rate == pytest.approx(len(signal) / RATE, abs=0.15)  # priming, frame padding
+    assert abs(dominant_hz(decoded.astype(np.float64), decoded_rate) - 300.0) < 5.0
 
 
 def test_wav_stream_decodes_to_the_pcm_stream() -> None:
