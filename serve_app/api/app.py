@@ -13,7 +13,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from serve_app import __version__
 from serve_app.api import audio, realtime, synthesis, system, tasks, voices
-from serve_app.api.auth import ApiKeyAuth, accepted_key_hashes
+from serve_app.api.auth import PLAYGROUND_PATH, ApiKeyAuth, accepted_key_hashes
 from serve_app.api.body_limit import RequestBodyLimit
 from serve_app.api.errors import install_error_handlers
 from serve_app.api.middleware import SynthesisRequestMetrics
@@ -56,5 +56,5 @@ def create_api(state: ServiceState) -> FastAPI:
     for module in (system, voices, synthesis, realtime, tasks, audio):
         app.include_router(module.router)
     app.mount(OPENAI_PREFIX, create_openai_api(state))
-    app.mount("/playground", StaticFiles(directory=PLAYGROUND_DIR, html=True), name="playground")
+    app.mount(PLAYGROUND_PATH, StaticFiles(directory=PLAYGROUND_DIR, html=True), name="playground")
     return app

@@ -301,7 +301,9 @@ async function downloadTask(taskId) {
 class LiveSession {
   constructor() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    this.socket = new WebSocket(`${scheme}://${location.host}${WS_PATH}`);
+    // A browser cannot set headers on a WebSocket: the key travels as the `api_key` query parameter.
+    const query = apiKey() ? `?api_key=${encodeURIComponent(apiKey())}` : "";
+    this.socket = new WebSocket(`${scheme}://${location.host}${WS_PATH}${query}`);
     this.socket.binaryType = "arraybuffer";
     this.number = 0;
     this.sent = 0;
