@@ -136,7 +136,8 @@ class SpeechTokenLLM:
                 logger.exception("bistream inbox unavailable")
                 sequence.queue.put_nowait(exc)
                 return
-            if messages is None:  # discarded by its sender, who has gone away
+            if messages is None:  # discarded by its sender, who has gone away: stop decoding it now
+                sequence.queue.put_nowait(None)
                 return
             if messages:
                 with self.changed:

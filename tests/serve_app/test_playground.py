@@ -1,12 +1,15 @@
 """The playground in a real browser: headless Chromium (Debian's, through its chromedriver) driven by
 selenium against the session's service. Skipped where chromium is not installed (scripts/setup.sh
-installs it when it runs as root)."""
+installs it when it runs as root). The screenshot taken after the syntheses goes to the test's
+temporary directory, or to `$PLAYGROUND_SCREENSHOT_DIR` when set; its path is printed."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -119,7 +122,9 @@ def test_playground_registers_speaks_streams_live_and_runs_tasks(browser, serve_
         wait_for(lambda: "done" in element("live-state").text, what="the live utterance to finish")
         assert element("caption").text.strip()
 
-        screenshot = tmp_path / "playground.png"
+        screenshot_dir = Path(os.environ.get("PLAYGROUND_SCREENSHOT_DIR") or tmp_path)
+        screenshot_dir.mkdir(parents=True, exist_ok=True)
+        screenshot = screenshot_dir / "playground.png"
         browser.save_screenshot(str(screenshot))
         print(f"playground screenshot: {screenshot}")
         assert console_errors(browser) == []

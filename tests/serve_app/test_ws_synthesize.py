@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -193,22 +194,65 @@ def test_close_ends_the_session_after_everything_is_spoken(serve_cluster) -> Non
     assert received.of("done") and received.audio()
 
 
-def test_closing_the_socket_stops_its_work(serve_cluster) -> None:
+#: The issue's bound on how long work goes on for a closed socket or a cancelled utterance.
+STOP_WITHIN_S = 1.0
+
+
+def llm_stats(serve_cluster: dict) -> Callable[[], dict]:
     from ray import serve
 
     llm = serve.get_deployment_handle("SpeechTokenLLM", app_name=serve_cluster["app_name"])
+    return lambda: llm.stats.remote().result()
+
+
+def seconds_until_idle(stats: Callable[[], dict], since: float) -> float:
+    """Seconds from `since` until the LLM decodes no sequence (the tests run one at a time)."""
+    while stats()["active_sequences"]:
+        assert time.monotonic() - since < 30, "the LLM is still decoding"
+        time.sleep(0.02)
+    return time.monotonic() - since
+
+
+def test_closing_the_socket_stops_its_work(serve_cluster) -> None:
+    stats = llm_stats(serve_cluster)
     socket = open_socket(serve_cluster, seed=6)
     send(socket, "text", text=TEXT * 5)
     received = Received()
     while not received.frames:
         received.take(socket.recv(timeout=120))
-    assert llm.stats.remote().result()["active_sequences"] >= 1
+    assert stats()["active_sequences"] >= 1
     socket.close()
-    closed_at = time.monotonic()
-    while llm.stats.remote().result()["active_sequences"]:
-        assert time.monotonic() - closed_at < 30, "the LLM is still decoding for a closed socket"
-        time.sleep(0.05)
-    print(f"LLM sequence left {time.monotonic() - closed_at:.3f} s after the socket closed")
+    stopped = seconds_until_idle(stats, time.monotonic())
+    print(f"LLM sequence left {stopped:.3f} s after the socket closed")
+    assert stopped < STOP_WITHIN_S
+
+
+def test_cancel_stops_the_work_of_its_utterance_and_the_socket_stays_open(serve_cluster) -> None:
+    stats = llm_stats(serve_cluster)
+    received = Received()
+    with open_socket(serve_cluster, seed=8) as socket:
+        send(socket, "text", "long", text=TEXT * 5)  # no end: the utterance would go on as text comes
+        while "long" not in received.frames:
+            received.take(socket.recv(timeout=120))
+        assert stats()["active_sequences"] >= 1
+        generated = stats()["tokens_generated"]
+        send(socket, "cancel", "long")
+        cancelled_at = time.monotonic()
+        while not received.of("done", "long"):
+            received.take(socket.recv(timeout=30))
+        to_done = time.monotonic() - cancelled_at
+        stopped = seconds_until_idle(stats, cancelled_at)
+        frames = len(received.frames["long"])
+        # Nothing more of it arrives, and the socket serves the next utterance.
+        send(socket, "text", "next", text="Still here.")
+        send(socket, "end", "next")
+        receive_until(socket, received, done=2)
+    print(f"cancel: done after {to_done:.3f} s, LLM sequence left after {stopped:.3f} s, "
+          f"{stats()['tokens_generated'] - generated} tokens after the cancel")
+    [done] = received.of("done", "long")
+    assert done["cancelled"] is True and done["chunks"] == frames == len(received.frames["long"])
+    assert to_done < STOP_WITHIN_S and stopped < STOP_WITHIN_S
+    assert received.audio("next")
 
 
 @pytest.mark.parametrize(("first_message", "code", "close_code"), [
@@ -226,7 +270,7 @@ def test_errors_before_audio_are_an_event_then_a_close(serve_cluster, first_mess
         with pytest.raises(ConnectionClosed) as closed:
             socket.recv(timeout=60)
     assert error["type"] == "error" and error["error"] == code
-    assert error["details"]["path"] == PATH and error["message"]
+    assert error["details"]["path"] == PATH and error["details"]["request_id"] and error["message"]
     assert closed.value.rcvd.code == close_code
 
 
