@@ -33,12 +33,17 @@ def upstream_frontend(model):
 
 
 @contextlib.contextmanager
-def current_upstream_sampling_ids(llm) -> Iterator[None]:
+def current_upstream_sampling_ids(llm, speech_only: bool = False) -> Iterator[None]:
     """Current upstream's `Qwen2LM.sampling_ids`, which masks end-of-speech while it is not allowed
-    (the installed snapshot resamples up to 100 times, then raises)."""
+    (the installed snapshot resamples up to 100 times, then raises). `speech_only`, for
+    `inference`: the special tokens after end-of-speech are masked too, as the service does
+    (`SpeechTokenDecoder.sample`): `inference` has no use for them, a trained model gives them no
+    mass, and the twin samples the fill token for the sake of `inference_bistream`."""
     def sampling_ids(weighted_scores, decoded_tokens, sampling, ignore_eos=True):
         if ignore_eos:
             weighted_scores[llm.speech_token_size] = -float("inf")
+        if speech_only:
+            weighted_scores[llm.speech_token_size + 1:] = -float("inf")
         return llm.sampling(weighted_scores, decoded_tokens, sampling)
 
     llm.sampling_ids = sampling_ids
@@ -51,7 +56,7 @@ def current_upstream_sampling_ids(llm) -> Iterator[None]:
 def upstream_llm_tokens(llm, text, prompt_text, prompt_speech_token, seed: int) -> list[int]:
     """Upstream `Qwen2LM.inference` after `torch.manual_seed(seed)`."""
     torch.manual_seed(seed)
-    with current_upstream_sampling_ids(llm):
+    with current_upstream_sampling_ids(llm, speech_only=True):
         return list(llm.inference(
             text=text, text_len=torch.tensor([text.shape[1]], dtype=torch.int32), prompt_text=prompt_text,
             prompt_text_len=torch.tensor([prompt_text.shape[1]], dtype=torch.int32),

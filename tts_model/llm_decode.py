@@ -365,12 +365,10 @@ class SpeechTokenDecoder:
         if isinstance(state, BistreamState):
             return self._advance_bistream(state, logp)
         llm = self.llm
-        token = self.sample(logp, state, ignore_eos=state.step < state.min_len)
+        token = self.sample(logp, state, ignore_eos=state.step < state.min_len, speech_only=True)
         state.step += 1
         if token == self.eos:
             state.finished = True
-            return None
-        if token > self.eos:  # upstream skips non-speech special tokens without feeding them back
             return None
         state.out_tokens.append(token)
         state.lm_input = llm.speech_embedding.weight[token].reshape(1, 1, -1)
@@ -404,16 +402,26 @@ class SpeechTokenDecoder:
         self._stop_at_max_len(state)
         return token
 
-    def sample(self, logp: torch.Tensor, state: DecodeState, ignore_eos: bool) -> int:
+    def sample(self, logp: torch.Tensor, state: DecodeState, ignore_eos: bool, speech_only: bool = False) -> int:
         """`Qwen2LM.sampling_ids` with the yaml's RAS sampling, drawing from the sequence's generator.
 
         While end-of-speech is not allowed it is masked out, as current upstream does (the installed
         snapshot resampled up to 100 times and then raised), so a model that keeps choosing it
         speaks exactly the minimum length.
+
+        `speech_only` (ordinary decoding, `Qwen2LM.inference`): the special tokens after
+        end-of-speech (task id, fill) are masked out too. `inference` has no use for them (current
+        upstream ends the utterance on one, the installed snapshot skips it and, on the first step,
+        feeds the whole prompt again); a trained model gives them no mass, and the random twin,
+        which samples the fill token so that a bistream sequence asks for text, must not get them
+        here. The fidelity reference masks them the same way.
         """
-        if ignore_eos:
+        if ignore_eos or speech_only:
             logp = logp.clone()
-            logp[self.eos] = -float("inf")
+            if ignore_eos:
+                logp[self.eos] = -float("inf")
+            if speech_only:
+                logp[self.eos + 1:] = -float("inf")
         return self.ras_sampling(logp, state.out_tokens, state.generator)
 
     def ras_sampling(self, scores: torch.Tensor, decoded: list[int], generator: torch.Generator) -> int:
