@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.cors import CORSMiddleware
 
@@ -57,4 +58,10 @@ def create_api(state: ServiceState) -> FastAPI:
         app.include_router(module.router)
     app.mount(OPENAI_PREFIX, create_openai_api(state))
     app.mount(PLAYGROUND_PATH, StaticFiles(directory=PLAYGROUND_DIR, html=True), name="playground")
+
+    @app.get(PLAYGROUND_PATH, include_in_schema=False)
+    async def playground_page() -> RedirectResponse:
+        """The playground's address without its slash (the app redirects no other path that way)."""
+        return RedirectResponse(PLAYGROUND_PATH + "/")
+
     return app

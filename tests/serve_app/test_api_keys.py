@@ -168,6 +168,8 @@ def test_a_good_key_opens_the_speech_websocket(client, url, headers) -> None:
 
 
 def test_the_playground_page_needs_no_key(client) -> None:
+    redirect = client.get("/playground", follow_redirects=False)
+    assert redirect.status_code == 307 and redirect.headers["location"] == "/playground/"
     page = client.get("/playground/")
     assert page.status_code == 200 and "<html" in page.text.lower()
     assert client.get("/playground/playground.js").status_code == 200

@@ -170,7 +170,9 @@ def test_utterances_play_in_order_and_cancel_stops_one_at_once(serve_cluster) ->
 
 def test_flush_speaks_what_was_sent_and_the_utterance_goes_on(serve_cluster) -> None:
     received = Received()
-    with open_socket(serve_cluster, seed=2) as socket:
+    # A seed with which the twin speaks the flushed phrase: after so little text upstream's last
+    # loop may sample end-of-speech at once (with seeds 2 and 5 it does), and no audio comes.
+    with open_socket(serve_cluster, seed=7) as socket:
         send(socket, "text", text="Hello there")
         send(socket, "flush")
         while not received.frames:  # the flushed phrase is spoken without more text
