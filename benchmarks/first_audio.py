@@ -37,6 +37,12 @@ SFT_PATH, WAV_HEADER_BYTES = ServiceProtocol.SFT_PATH, ServiceProtocol.WAV_HEADE
 TEXTS = tuple(sentence for sentence in SENTENCES if len(sentence) > 60)
 
 
+def replies(sentences: int) -> list[str]:
+    """One reply per sentence of TEXTS: it and the sentences after it, `sentences` in all."""
+    return [" ".join(TEXTS[(index + offset) % len(TEXTS)] for offset in range(sentences))
+            for index in range(len(TEXTS))]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
     parser.add_argument("--url", help="measure a running service instead of starting one")
@@ -44,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rounds over the sentences (default 2)")
     parser.add_argument("--tokens-per-second", type=float, default=20.0,
                         help="pace at which the WebSocket client writes text (default 20)")
+    parser.add_argument("--sentences", type=positive_int, default=1, metavar="N",
+                        help="sentences per reply (default 1: about 0.8 s of writing at 20 tokens/s)")
 
 
 def llm_pieces(text: str) -> list[str]:
@@ -119,21 +127,22 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"p50": round(percentile(values, 50), 4), "p95": round(percentile(values, 95), 4)}
 
 
-async def measure(base_url: str, voice_id: str, rounds: int, seed: int, tokens_per_second: float) -> dict[str, Any]:
+async def measure(base_url: str, voice_id: str, rounds: int, seed: int, tokens_per_second: float,
+                  sentences: int = 1) -> dict[str, Any]:
     ws_url = base_url.replace("http", "ws", 1) + WS_PATH
     pace = 1.0 / tokens_per_second
     await websocket_first_audio(ws_url, voice_id, WARMUP_TEXT, seed, pace)  # one-off costs first
     await http_first_audio(base_url, voice_id, WARMUP_TEXT, seed)
     rows = []
     for round_index in range(rounds):
-        for index, text in enumerate(TEXTS):
+        for index, text in enumerate(replies(sentences)):
             request_seed = seed + round_index * len(TEXTS) + index
             streamed = await websocket_first_audio(ws_url, voice_id, text, request_seed, pace)
             whole = await http_first_audio(base_url, voice_id, text, request_seed)
             cancel = await cancel_latency(ws_url, voice_id, text, request_seed)
             rows.append(dict(streamed, http_first_audio_s=whole, **cancel, text=text))
     return {
-        "tokens_per_second": tokens_per_second, "requests": len(rows),
+        "tokens_per_second": tokens_per_second, "sentences": sentences, "requests": len(rows),
         "ws_first_audio_s": summary([row["first_audio_s"] for row in rows]),
         "ws_text_written_s": summary([row["text_written_s"] for row in rows]),
         "ws_first_audio_before_text_complete": sum(row["first_audio_s"] < row["text_written_s"] for row in rows),
@@ -150,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         protocol = ServiceProtocol()
         await wait_ready(base_url, protocol)
         voice_id = args.voice or await protocol.default_voice(base_url)
-        return await measure(base_url, voice_id, args.repeat, args.seed, args.tokens_per_second)
+        return await measure(base_url, voice_id, args.repeat, args.seed, args.tokens_per_second, args.sentences)
 
     if args.url:
         report, model = asyncio.run(drive(args.url.rstrip("/"))), args.url
