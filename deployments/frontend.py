@@ -33,6 +33,15 @@ class TextFrontendDeployment:
         with self.load:
             return self.text.segments(text)
 
+    def streamed_text_tokens(self, piece: str, space_before: bool) -> list[int]:
+        """Tokens of one piece of text that is still being written (ending at a word boundary),
+        normalised on its own. `space_before`: a space separates it from the text before."""
+        with self.load:
+            normalized = self.text.normalize(piece, split=False, streamed=True)
+            if not normalized or not normalized[0].strip():
+                return []
+            return self.text.tokenize((" " if space_before else "") + normalized[0])
+
     def instruction_tokens(self, instruct_text: str) -> list[int]:
         """CosyVoice2's instruct prompt: the instruction, then the end-of-prompt token."""
         return self.text.tokenize(instruct_text.strip() + END_OF_PROMPT)

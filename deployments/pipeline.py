@@ -10,7 +10,9 @@ That is also what makes a replica's death invisible but for a delay: a stage cal
 because its replica is gone is made again, on another or the restarted replica, and gives the
 same result (flow and vocoder calls are pure given their inputs; the LLM's sampling is seeded
 per segment, so a segment generated again yields the same tokens, and those already relayed are
-skipped). A stage gone for longer than `recovery_timeout_s` fails the request.
+skipped). A stage gone for longer than `recovery_timeout_s` fails the request. A bistream
+utterance (text streamed in) cannot be replayed that way, as its text went to the lost LLM
+sequence: losing its LLM replica fails it; its flow and vocoder calls are retried as any.
 """
 
 from __future__ import annotations
@@ -26,8 +28,17 @@ from ray.serve.handle import DeploymentHandle
 from deployments.failures import ReplicaRecovery, replica_gone
 from deployments.metrics import StageLoad, metric
 from deployments.replica_logging import quiet_health_checks
-from tts_core.modes import SynthesisMode, mode_inputs
-from tts_core.wire import FlowPrompt, SpeechTokenRequest, SynthesisChunk, SynthesisJob, VocoderCache
+from tts_core.modes import ModeInputs, SynthesisMode, mode_inputs
+from tts_core.wire import (
+    BistreamJob,
+    BistreamRequest,
+    FlowPrompt,
+    SpeechTokenRequest,
+    SynthesisChunk,
+    SynthesisJob,
+    VocoderCache,
+    VoiceFeatures,
+)
 from tts_model.chunk_schedule import ChunkPlan, StreamPlanner, chunk_seed, segment_seed
 
 
@@ -42,43 +53,78 @@ class SynthesisPipeline:
         self.load = StageLoad("pipeline")
 
     async def synthesize(self, job: SynthesisJob) -> AsyncIterator[SynthesisChunk]:
+        async for chunk in self._measured(self._chunks(job), job.mode, str(job.stream).lower()):
+            yield chunk
+
+    async def synthesize_bistream(self, job: BistreamJob) -> AsyncIterator[SynthesisChunk]:
+        """Speak one utterance whose text is still being written, streamed.
+
+        The text goes to the LLM sequence through the inbox under `job.key` (the caller posts it
+        there); this relays the sequence's tokens into flow and vocoder calls chunk by chunk, as
+        streaming synthesis does, and ends once the sequence has spoken the whole text.
+        """
+        async for chunk in self._measured(self._bistream_chunks(job), job.mode, "bistream"):
+            yield chunk
+
+    async def _measured(self, chunks: AsyncIterator[SynthesisChunk], mode: SynthesisMode,
+                        stream: str) -> AsyncIterator[SynthesisChunk]:
         started, first_chunk, samples = time.perf_counter(), True, 0
         sample_rate = await self._sample_rate()
         with self.load:
-            async for chunk in self._chunks(job):
+            async for chunk in chunks:
                 if first_chunk:
                     metric("cosyvoice_time_to_first_chunk_seconds").observe(
-                        time.perf_counter() - started, tags={"mode": str(job.mode), "stream": str(job.stream).lower()})
+                        time.perf_counter() - started, tags={"mode": str(mode), "stream": stream})
                     first_chunk = False
                 samples += len(chunk.pcm)
                 yield chunk
         seconds = samples / sample_rate
-        metric("cosyvoice_audio_seconds_total").inc(seconds, tags={"mode": str(job.mode)})
+        metric("cosyvoice_audio_seconds_total").inc(seconds, tags={"mode": str(mode)})
         if seconds > 0:
             metric("cosyvoice_real_time_factor").observe((time.perf_counter() - started) / seconds,
-                                                         tags={"mode": str(job.mode)})
+                                                         tags={"mode": str(mode)})
+
+    async def _mode_inputs(self, mode: SynthesisMode, voice: VoiceFeatures, instruct_text: str | None) -> ModeInputs:
+        instruction = (await self.call("frontend", self.frontend.instruction_tokens, instruct_text)
+                       if mode is SynthesisMode.INSTRUCT else None)
+        return mode_inputs(mode, voice, instruction)
 
     async def _chunks(self, job: SynthesisJob) -> AsyncIterator[SynthesisChunk]:
         segments = job.text_segments or await self.call("frontend", self.frontend.text_segments, job.text)
-        instruction = (await self.call("frontend", self.frontend.instruction_tokens, job.instruct_text)
-                       if job.mode is SynthesisMode.INSTRUCT else None)
-        inputs = mode_inputs(job.mode, job.voice, instruction)
+        inputs = await self._mode_inputs(job.mode, job.voice, job.instruct_text)
         for index, text_token in enumerate(segments):
             request = SpeechTokenRequest(text_token=text_token, prompt_text_token=inputs.llm_prompt_text,
                                          prompt_speech_token=inputs.llm_prompt_speech,
                                          seed=segment_seed(job.seed, index))
             planner = StreamPlanner(prompt_token_len=len(inputs.flow_prompt.speech_token), stream=job.stream)
             tokens: list[int] = []
-            stream = _SegmentStream(self, job, inputs.flow_prompt, index, len(segments), len(text_token))
+            stream = _SegmentStream(self, inputs.flow_prompt, job.seed, index, len(segments), job.speed, job.stream)
             if job.stream:
                 async for new_tokens in self._speech_tokens(request):
                     tokens.extend(new_tokens)
                     while plan := planner.next_chunk(len(tokens), llm_finished=False):
-                        yield await stream.decode(tokens, plan)
+                        yield await stream.decode(tokens, plan, len(text_token))
             else:  # nothing to do before the last token: one reply instead of a stream
                 tokens = await self.call("llm", self.llm.generate_all, request)
             while plan := planner.next_chunk(len(tokens), llm_finished=True):
-                yield await stream.decode(tokens, plan)
+                yield await stream.decode(tokens, plan, len(text_token))
+
+    async def _bistream_chunks(self, job: BistreamJob) -> AsyncIterator[SynthesisChunk]:
+        inputs = await self._mode_inputs(job.mode, job.voice, job.instruct_text)
+        request = BistreamRequest(key=job.key, prompt_text_token=inputs.llm_prompt_text,
+                                  prompt_speech_token=inputs.llm_prompt_speech,
+                                  seed=segment_seed(job.seed, job.segment), ahead_tokens=job.ahead_tokens)
+        planner = StreamPlanner(prompt_token_len=len(inputs.flow_prompt.speech_token), stream=True)
+        stream = _SegmentStream(self, inputs.flow_prompt, job.seed, job.segment, job.segment + 1)
+        tokens: list[int] = []
+        text_fed = 0
+        async for ready in self.llm.options(stream=True).generate_bistream.remote(request):
+            tokens.extend(ready.tokens)
+            text_fed = ready.text_tokens_fed
+            while plan := planner.next_chunk(len(tokens), llm_finished=False):
+                yield await stream.decode(tokens, plan, text_fed)
+        while tokens and (plan := planner.next_chunk(len(tokens), llm_finished=True)):
+            yield await stream.decode(tokens, plan, text_fed)
 
     async def _speech_tokens(self, request: SpeechTokenRequest) -> AsyncIterator[list[int]]:
         """The LLM's tokens of one segment as they are sampled. If the LLM replica goes away, the
@@ -128,24 +174,23 @@ class SynthesisPipeline:
 class _SegmentStream:
     """The state of one segment's token2wav stream: which chunk comes next, the vocoder cache."""
 
-    def __init__(self, pipeline: SynthesisPipeline, job: SynthesisJob, prompt: FlowPrompt, segment: int,
-                 segments: int, text_tokens: int):
-        self.pipeline, self.job, self.prompt = pipeline, job, prompt
-        self.segment, self.segments, self.text_tokens = segment, segments, text_tokens
+    def __init__(self, pipeline: SynthesisPipeline, prompt: FlowPrompt, seed: int, segment: int, segments: int,
+                 speed: float = 1.0, stream: bool = True):
+        self.pipeline, self.prompt, self.seed, self.speed = pipeline, prompt, seed, speed
+        self.segment, self.segments = segment, segments
         self.chunk = 0
         self.cache: VocoderCache | None = None
         # Names the stream to the flow decoder, which keeps its decoder state between chunks; as the
         # session id it also sends every chunk to the replica holding that state.
-        self.key = uuid.uuid4().hex if job.stream else None
+        self.key = uuid.uuid4().hex if stream else None
         self.flow = pipeline.flow.options(session_id=self.key) if self.key else pipeline.flow
 
-    async def decode(self, tokens: list[int], plan: ChunkPlan) -> SynthesisChunk:
-        pipeline, seed = self.pipeline, chunk_seed(self.job.seed, self.segment, self.chunk)
+    async def decode(self, tokens: list[int], plan: ChunkPlan, text_tokens: int) -> SynthesisChunk:
+        pipeline, seed = self.pipeline, chunk_seed(self.seed, self.segment, self.chunk)
         mel = await pipeline.call("flow", self.flow.decode, tokens[: plan.end], self.prompt, plan.token_offset,
                                   plan.streaming, plan.finalize, self.key)
         pcm, self.cache = await pipeline.call("vocoder", pipeline.vocoder.vocode, mel, self.cache, plan.finalize,
-                                              self.job.speed, seed)
+                                              self.speed, seed)
         self.chunk += 1
         return SynthesisChunk(pcm=pcm, segment=self.segment, segments=self.segments, tokens=len(tokens),
-                              text_tokens=self.text_tokens, segment_done=plan.finalize)
-
+                              text_tokens=text_tokens, segment_done=plan.finalize)

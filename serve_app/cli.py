@@ -38,6 +38,10 @@ BENCH_COMMANDS = {
                    "Send many whole-mode requests, one after another, to a service started here; print each "
                    "replica's RSS after --warmup requests and at the end, then one JSON line. Exits 1 if any "
                    "request failed or any replica grew past the bound."),
+    "bench-first-audio": ("benchmarks.first_audio", "time to first audio with text streamed in, and cancel latency",
+                          "Write text over the WebSocket at a language model's pace and time the first audio, next "
+                          "to the streamed POST route given the whole text; time cancel to the last audio frame. "
+                          "Print the figures, then one JSON line."),
     "bench-chunk-cost": ("benchmarks.chunks", "time each streamed flow chunk of one growing utterance",
                          "Decode one growing utterance chunk by chunk as streaming does, recomputing from the "
                          "start and incrementally; print each chunk's cost, then one JSON line."),
@@ -58,7 +62,7 @@ def bench_module(name: str) -> ModuleType | None:
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name not in ("benchmarks", "httpx", "psutil"):
+        if exc.name not in ("benchmarks", "httpx", "psutil", "websockets"):
             raise
         return None
 

@@ -1,5 +1,5 @@
-"""The HTTP edge, the pipeline and the two store actors run without the model stack: their
-processes never import torch (about 0.7 GB of resident memory each)."""
+"""The HTTP edge, the pipeline, the two store actors and the inbox actor run without the model
+stack: their processes never import torch (about 0.7 GB of resident memory each)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 import pytest
 
 TORCH_FREE_MODULES = ["serve_app.ingress", "serve_app.api.app", "deployments.pipeline", "deployments.voice_store",
-                      "deployments.task_manager", "tts_core.rendering", "tts_core.storage.voice_codec",
-                      "tts_core.storage.task_codec"]
+                      "deployments.task_manager", "deployments.bistream_inbox", "tts_core.rendering",
+                      "tts_core.storage.voice_codec", "tts_core.storage.task_codec", "tts_core.pcm_stream"]
 MODEL_STACK = ["torch", "torchaudio", "transformers", "cosyvoice", "matcha"]
 
 

@@ -13,6 +13,9 @@ MAX_OPENAI_INPUT_CHARS = 4096
 MAX_INSTRUCT_CHARS = 500
 #: Speaking rates the model produces (the vocoder stretches the mel by 1/speed).
 MIN_SPEED, MAX_SPEED = 0.5, 2.0
+#: Text of one utterance streamed over the speech WebSocket, and utterances open at once on one socket.
+MAX_STREAMED_TEXT_CHARS = 5 * MAX_TEXT_CHARS
+MAX_OPEN_UTTERANCES = 8
 #: Voice ids: letters, digits, `_` and `-`, 1-64 characters.
 VOICE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 VOICE_ID_RE = re.compile(VOICE_ID_PATTERN)

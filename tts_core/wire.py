@@ -56,6 +56,61 @@ class SpeechTokenRequest:
 
 
 @dataclass
+class BistreamRequest:
+    """What the LLM needs to start a sequence whose text arrives while it is being decoded."""
+
+    #: Names the sequence's inbox, through which its text and its consumer's progress arrive.
+    key: str
+    #: Qwen tokens of the prompt transcript (zero-shot) or `instruction<|endofprompt|>` (instruct).
+    prompt_text_token: list[int] = field(default_factory=list)
+    #: Speech tokens of the prompt audio (zero-shot only).
+    prompt_speech_token: list[int] = field(default_factory=list)
+    #: Seed of the sequence's sampling; the same seed and text give the same tokens.
+    seed: int = 0
+    sampling: int = 25
+    #: Runaway guard: at most this many speech tokens per text token read.
+    max_token_text_ratio: float = 20.0
+    #: Speech tokens the sequence may run ahead of what its consumer acknowledged; None: no limit.
+    ahead_tokens: int | None = None
+
+
+@dataclass
+class BistreamInput:
+    """One message to a live bistream sequence: more text, the end of the text, or flow control."""
+
+    text_token: list[int] = field(default_factory=list)
+    #: No more text comes: the sequence speaks what it has and finishes.
+    text_end: bool = False
+    #: The consumer has taken the audio of this many speech tokens.
+    acked_tokens: int | None = None
+
+
+@dataclass
+class BistreamTokens:
+    """Speech tokens of a bistream sequence, as they are sampled."""
+
+    tokens: list[int]
+    #: Text tokens the model had been fed when it sampled the last of them.
+    text_tokens_fed: int
+
+
+@dataclass
+class BistreamJob:
+    """One utterance whose text arrives while it is spoken (one LLM bistream sequence)."""
+
+    #: The LLM sequence's inbox key (text and acknowledgements are sent there).
+    key: str
+    mode: SynthesisMode
+    voice: VoiceFeatures
+    instruct_text: str | None = None
+    seed: int = 0
+    #: Index of this utterance among those of its stream (seeds the sampling and the vocoder).
+    segment: int = 0
+    #: See `BistreamRequest.ahead_tokens`.
+    ahead_tokens: int | None = None
+
+
+@dataclass
 class FlowPrompt:
     """The voice side of the flow decoder's input."""
 
@@ -100,5 +155,5 @@ class SynthesisChunk:
     segment: int
     segments: int
     tokens: int  # speech tokens of this segment decoded so far
-    text_tokens: int  # text tokens of this segment
+    text_tokens: int  # text tokens of this segment (streamed-in text: those the model has been fed so far)
     segment_done: bool

@@ -13,17 +13,16 @@ from tts_core.settings import DEFAULT_CACHE_DIR
 logger = logging.getLogger(__name__)
 
 
-
 def ensure_twin(cache_dir: str | Path = DEFAULT_CACHE_DIR, size: str = "tiny", seed: int = 0) -> Path:
     """The cached twin directory, generating it first if needed (safe across processes)."""
-    from tts_model.twin import make_twin
+    from tts_model.twin import TWIN_VERSION, make_twin
 
     cache_dir = Path(cache_dir).expanduser()
-    target = cache_dir / f"twin-{size}-seed{seed}"
+    target = cache_dir / f"twin-v{TWIN_VERSION}-{size}-seed{seed}"
     if (target / ".complete").is_file():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / f".twin-{size}-seed{seed}.lock", "w") as lock:
+    with open(cache_dir / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / ".complete").is_file():
             return target

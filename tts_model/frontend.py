@@ -103,12 +103,15 @@ class TextFrontend:
                 self._normalizers[lang] = Normalizer(lang=lang, operator="tn")
             return self._normalizers[lang]
 
-    def normalize(self, text: str, split: bool = True) -> list[str]:
+    def normalize(self, text: str, split: bool = True, streamed: bool = False) -> list[str]:
         """Upstream's `text_normalize` with wetext: normalise, then split into model-sized segments.
 
         Never fails on odd text: characters nobody can speak (controls, format characters) are
         dropped first, and text wetext's grammar has no path for is normalised piece by piece.
         An empty result is no segment.
+
+        `streamed`: `text` is one piece of an utterance still being written, so a comma at its end
+        is not the end of a sentence (upstream turns a final Chinese comma into a full stop).
         """
         from cosyvoice.utils.frontend_utils import (
             contains_chinese,
@@ -131,7 +134,8 @@ class TextFrontend:
             text = text.replace(".", "。")
             text = text.replace(" - ", "，")
             text = remove_bracket(text)
-            text = re.sub(r"[，,、]+$", "。", text)
+            if not streamed:
+                text = re.sub(r"[，,、]+$", "。", text)
             lang = "zh"
         else:
             text = self._normalized("en", text)

@@ -8,18 +8,27 @@ the yaml's parameters, same min/max lengths) as explicit per-sequence state with
 `torch.manual_seed(seed)`. Explicit state is also what lets a scheduler batch many sequences
 into one forward per step (continuous batching: sequences join and leave between steps) and
 stop a cancelled one at once.
+
+`BistreamState` does the same for `Qwen2LM.inference_bistream`, whose text arrives while it is
+decoded: text and speech are interleaved 5:15, and the model samples a fill token when it wants
+more text. Upstream blocks on its text generator there; here the sequence simply is not ready
+(`SpeechTokenDecoder.ready`) until its next text token arrives, so a scheduler can keep decoding
+the others. Upstream reads its text one token at a time and decides after each whether to
+decode, so its tokens depend only on the text tokens and the seed, never on when they arrive;
+the same holds here.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from tts_core.wire import SpeechTokenRequest
+from tts_core.wire import BistreamRequest, SpeechTokenRequest
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +51,29 @@ class DecodeState:
 
     def fail(self, error: BaseException) -> None:
         self.error, self.finished = error, True
+
+
+@dataclass
+class BistreamState(DecodeState):
+    """A sequence whose text arrives while it is decoded: upstream's `inference_bistream` loop as data.
+
+    `read_text` is the text upstream's loop has taken from its generator; `text_cache` holds what
+    of it (after the prompt transcript) is not in the model's input yet; `pending_text` has
+    arrived but not been taken. `decoding` is upstream's inner loop (until a fill token), `final`
+    its last loop (after the text ended, until end-of-speech). `out_tokens` holds fill tokens too,
+    as upstream's does: they count in the sampling's repetition window.
+    """
+
+    text_cache: torch.Tensor | None = None
+    prompt_speech: torch.Tensor | None = None
+    pending_text: deque[int] = field(default_factory=deque)
+    text_ended: bool = False
+    read_text: int = 0
+    decoding: bool = False
+    final: bool = False
+    next_fill_index: int = -1
+    speech_tokens: int = 0
+    max_token_text_ratio: float = 20.0
 
 
 #: `DecodeState.cache` of a sequence whose cache is a row of the decoder's packed batch.
@@ -72,6 +104,8 @@ class SpeechTokenDecoder:
         self.top_k = int(sampling_params.get("top_k", 25))
         self.win_size = int(sampling_params.get("win_size", 10))
         self.tau_r = float(sampling_params.get("tau_r", 0.1))
+        self.fill = llm.speech_token_size + 2
+        self.mix_text, self.mix_speech = (int(n) for n in getattr(llm, "mix_ratio", (5, 15)))
         self._packed: _PackedBatch | None = None
 
     @property
@@ -101,13 +135,100 @@ class SpeechTokenDecoder:
                            sampling=request.sampling)
 
     @torch.inference_mode()
+    def start_bistream(self, request: BistreamRequest) -> BistreamState:
+        """Upstream's `inference_bistream` set-up: sos, the prompt transcript as read-ahead text, the
+        prompt speech waiting to be interleaved with it."""
+        llm, device = self.llm, self.device
+        prompt_text = torch.tensor([request.prompt_text_token], dtype=torch.int32, device=device)
+        text_cache = llm.llm.model.model.embed_tokens(prompt_text)
+        if request.prompt_speech_token:
+            speech = torch.tensor([request.prompt_speech_token], dtype=torch.int32, device=device)
+            prompt_speech = llm.speech_embedding(speech)
+        else:
+            prompt_speech = torch.zeros(1, 0, llm.llm_input_size, dtype=text_cache.dtype, device=device)
+        return BistreamState(lm_input=llm.llm_embedding.weight[llm.sos_eos].reshape(1, 1, -1), min_len=0, max_len=0,
+                             generator=torch.Generator(device="cpu").manual_seed(request.seed),
+                             sampling=request.sampling, text_cache=text_cache, prompt_speech=prompt_speech,
+                             max_token_text_ratio=request.max_token_text_ratio)
+
+    @staticmethod
+    def feed(state: BistreamState, text_token: list[int], text_end: bool = False) -> None:
+        """Text that arrived for a bistream sequence (read by `ready`, one token at a time)."""
+        if state.text_ended and text_token:
+            raise ValueError("text arrived after the end of the text")
+        state.pending_text.extend(text_token)
+        state.text_ended = state.text_ended or text_end
+
+    @torch.inference_mode()
+    def ready(self, state: DecodeState) -> bool:
+        """Whether the sequence can take a step now. A bistream sequence first reads its arrived text
+        as upstream's loop does, and is not ready while it waits for more."""
+        if state.finished:
+            return False
+        if not isinstance(state, BistreamState):
+            return True
+        while not state.decoding:
+            if state.pending_text:
+                self._read_text_token(state, state.pending_text.popleft())
+            elif not state.text_ended:
+                return False
+            elif state.read_text == 0:  # no text at all: nothing to speak (upstream would speak the prompt)
+                state.finished = True
+                return False
+            else:
+                self._begin_final(state)
+        return True
+
+    @staticmethod
+    def text_fed(state: BistreamState) -> int:
+        """Text tokens (after the prompt transcript) already in the model's input."""
+        return state.read_text - min(state.read_text, state.text_cache.shape[1])
+
+    def _read_text_token(self, state: BistreamState, token: int) -> None:
+        """One iteration of upstream's `for this_text in text` loop, up to its inner decoding loop."""
+        llm, device = self.llm, self.device
+        embedding = llm.llm.model.model.embed_tokens(torch.tensor([[token]], dtype=torch.int32, device=device))
+        state.text_cache = torch.concat([state.text_cache, embedding], dim=1)
+        state.read_text += 1
+        # Interleave the prompt speech with read-ahead text, 5:15, while both last.
+        while state.prompt_speech.shape[1] and state.text_cache.shape[1] >= self.mix_text:
+            state.lm_input = torch.concat([state.lm_input, state.text_cache[:, :self.mix_text],
+                                           state.prompt_speech[:, :self.mix_speech]], dim=1)
+            state.text_cache = state.text_cache[:, self.mix_text:]
+            state.prompt_speech = state.prompt_speech[:, self.mix_speech:]
+        if state.prompt_speech.shape[1]:
+            return
+        after_fill = bool(state.out_tokens) and state.out_tokens[-1] == self.fill
+        at_start = not state.out_tokens and state.lm_input.shape[1] == 1
+        if after_fill or at_start:
+            if state.text_cache.shape[1] < self.mix_text:
+                return  # the model asked for text: wait until a block of it is there
+            block = state.text_cache[:, :self.mix_text]
+            # After a fill token the new block is the next input; the fill token itself is not fed.
+            state.lm_input = block if after_fill else torch.concat([state.lm_input, block], dim=1)
+            state.text_cache = state.text_cache[:, self.mix_text:]
+        state.decoding = True
+
+    def _begin_final(self, state: BistreamState) -> None:
+        """Upstream's last loop: the unread text and the task id, then decode until end-of-speech.
+
+        As upstream does, the input kept from the last step is fed again with them (after a fill
+        token it already is in the cache).
+        """
+        task_id = self.llm.llm_embedding.weight[self.llm.task_id].reshape(1, 1, -1)
+        state.lm_input = torch.concat([state.lm_input, state.text_cache, task_id], dim=1)
+        state.text_cache = state.text_cache[:, :0]
+        state.final = state.decoding = True
+
+    @torch.inference_mode()
     def step(self, state: DecodeState) -> int | None:
         """Advance one step; returns the new speech token, or None (no token this step or finished)."""
         if self._stop_at_max_len(state):
             return None
         if state.cache is _PACKED:
             self._unpack()
-        length = state.lm_input.shape[1]
+        # Upstream's masks cover the cached positions too (all ones: no position is hidden).
+        length = state.lm_input.shape[1] + (state.cache.get_seq_length() if state.cache is not None else 0)
         masks = torch.tril(torch.ones((1, length, length), device=state.lm_input.device)).to(torch.bool)
         y_pred, state.cache = self.llm.llm.forward_one_step(state.lm_input, masks=masks, cache=state.cache)
         return self._advance(state, self.llm.llm_decoder(y_pred[:, -1]).log_softmax(dim=-1)[0])
@@ -116,10 +237,11 @@ class SpeechTokenDecoder:
     def step_batch(self, states: list[DecodeState]) -> list[int | None]:
         """Advance every sequence one step; sequences past their prompt share one forward.
 
-        A sequence's first step (its prompt) runs alone, as its length differs from every other's;
-        after that, the one-token steps of all sequences are stacked into a batch whose KV caches
-        are left-padded to a common length and masked, with each sequence's own positions. The
-        padded cache is kept from step to step and rebuilt only when the set of sequences changes.
+        A step that feeds more than one position (a sequence's prompt, a bistream sequence's block
+        of text) runs alone, as its length differs from every other's; the one-token steps of all
+        sequences are stacked into a batch whose KV caches are left-padded to a common length and
+        masked, with each sequence's own positions. The padded cache is kept from step to step and
+        rebuilt only when the set of sequences changes. Every state must be `ready`.
 
         A sequence that fails is finished with its `error` set and the others go on as if it had
         never joined: when the batched step itself fails, its cache is rolled back and every
@@ -128,7 +250,7 @@ class SpeechTokenDecoder:
         tokens: dict[int, int | None] = {}
         decoding = []
         for index, state in enumerate(states):
-            if state.cache is None or self._stop_at_max_len(state):
+            if state.cache is None or state.lm_input.shape[1] != 1 or self._stop_at_max_len(state):
                 tokens[index] = self._isolated(self.step, state)
             else:
                 decoding.append(index)
@@ -230,34 +352,76 @@ class SpeechTokenDecoder:
         return [self._isolated(self._advance, state, logp[row]) for row, state in enumerate(states)]
 
     def _stop_at_max_len(self, state: DecodeState) -> bool:
-        if not state.finished and state.step >= state.max_len:
+        if isinstance(state, BistreamState):  # upstream has no cap; this guards against a runaway model
+            limit = state.max_token_text_ratio * max(state.read_text, self.mix_text)
+            if not state.finished and state.speech_tokens >= limit:
+                state.finished = True
+        elif not state.finished and state.step >= state.max_len:
             state.finished = True
         return state.finished
 
     def _advance(self, state: DecodeState, logp: torch.Tensor) -> int | None:
         """Sample the next token from this step's log-probabilities and feed it back."""
+        if isinstance(state, BistreamState):
+            return self._advance_bistream(state, logp)
         llm = self.llm
-        token = self.sample(logp, state, ignore_eos=state.step < state.min_len)
+        token = self.sample(logp, state, ignore_eos=state.step < state.min_len, speech_only=True)
         state.step += 1
         if token == self.eos:
             state.finished = True
-            return None
-        if token > self.eos:  # upstream skips non-speech special tokens without feeding them back
             return None
         state.out_tokens.append(token)
         state.lm_input = llm.speech_embedding.weight[token].reshape(1, 1, -1)
         return token
 
-    def sample(self, logp: torch.Tensor, state: DecodeState, ignore_eos: bool) -> int:
+    def _advance_bistream(self, state: BistreamState, logp: torch.Tensor) -> int | None:
+        """One step of upstream's inner loop (fill tokens: forced every 16 tokens once one came, end
+        of speech refused) or of its last loop (end of speech ends the sequence)."""
+        state.step += 1
+        if state.final:
+            token = self.sample(logp, state, ignore_eos=False)
+        elif state.next_fill_index != -1 and len(state.out_tokens) == state.next_fill_index:
+            token = self.fill
+        else:
+            token = self.sample(logp, state, ignore_eos=True)
+        if token == self.fill and not state.final:
+            state.next_fill_index = len(state.out_tokens) + self.mix_speech + 1
+        state.out_tokens.append(token)
+        if token == self.eos and state.final:
+            state.finished = True
+            return None
+        if token == self.fill and not state.final:
+            state.decoding = False  # wait for the next block of text
+            return None
+        if token >= self.eos:
+            # Upstream raises here; a trained model never samples it. Skipped, as `inference` skips
+            # such tokens: nothing is fed back and the step is taken again.
+            return None
+        state.speech_tokens += 1
+        state.lm_input = self.llm.speech_embedding.weight[token].reshape(1, 1, -1)
+        self._stop_at_max_len(state)
+        return token
+
+    def sample(self, logp: torch.Tensor, state: DecodeState, ignore_eos: bool, speech_only: bool = False) -> int:
         """`Qwen2LM.sampling_ids` with the yaml's RAS sampling, drawing from the sequence's generator.
 
         While end-of-speech is not allowed it is masked out, as current upstream does (the installed
         snapshot resampled up to 100 times and then raised), so a model that keeps choosing it
         speaks exactly the minimum length.
+
+        `speech_only` (ordinary decoding, `Qwen2LM.inference`): the special tokens after
+        end-of-speech (task id, fill) are masked out too. `inference` has no use for them (current
+        upstream ends the utterance on one, the installed snapshot skips it and, on the first step,
+        feeds the whole prompt again); a trained model gives them no mass, and the random twin,
+        which samples the fill token so that a bistream sequence asks for text, must not get them
+        here. The fidelity reference masks them the same way.
         """
-        if ignore_eos:
+        if ignore_eos or speech_only:
             logp = logp.clone()
-            logp[self.eos] = -float("inf")
+            if ignore_eos:
+                logp[self.eos] = -float("inf")
+            if speech_only:
+                logp[self.eos + 1:] = -float("inf")
         return self.ras_sampling(logp, state.out_tokens, state.generator)
 
     def ras_sampling(self, scores: torch.Tensor, decoded: list[int], generator: torch.Generator) -> int:

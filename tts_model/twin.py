@@ -73,6 +73,11 @@ SPEECH_TOKENS = 6561
 #: Logit bias that makes end-of-speech the likeliest candidate of the nucleus, so a random LLM
 #: stops after a speech-like number of tokens instead of running to the 20x-text cap.
 EOS_LOGIT_BIAS = 1.2
+#: Logit bias of the fill token (about 4% of steps): with text streamed in, a random LLM then asks
+#: for more text every 16 tokens or so, as the real model does, instead of never.
+FILL_LOGIT_BIAS = 1.0
+#: Bumped whenever the generated weights change, so a cached twin of older weights is not reused.
+TWIN_VERSION = 2
 
 
 def override_yaml_scalars(text: str, overrides: dict[str, str]) -> str:
@@ -175,7 +180,8 @@ def make_twin(out_dir: str | Path, size: TwinSize = "tiny", seed: int = 0) -> Pa
         decoder.weight.mul_(0.5)
         decoder.bias.zero_()
         decoder.bias[SPEECH_TOKENS] = EOS_LOGIT_BIAS
-        decoder.bias[SPEECH_TOKENS + 1:] = -20.0  # task-id / fill tokens are never sampled
+        decoder.bias[SPEECH_TOKENS + 1] = -20.0  # the task id is never sampled
+        decoder.bias[SPEECH_TOKENS + 2] = FILL_LOGIT_BIAS
     torch.save(llm.state_dict(), out / "llm.pt")
     torch.save(flow.state_dict(), out / "flow.pt")
     torch.save(hift.state_dict(), out / "hift.pt")

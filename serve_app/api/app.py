@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.middleware.cors import CORSMiddleware
 
 from serve_app import __version__
-from serve_app.api import audio, synthesis, system, tasks, voices
-from serve_app.api.auth import ApiKeyAuth, accepted_key_hashes
+from serve_app.api import audio, realtime, synthesis, system, tasks, voices
+from serve_app.api.auth import PLAYGROUND_PATH, ApiKeyAuth, accepted_key_hashes
 from serve_app.api.body_limit import RequestBodyLimit
 from serve_app.api.errors import install_error_handlers
 from serve_app.api.middleware import SynthesisRequestMetrics
@@ -22,7 +25,11 @@ from serve_app.serving.state import ServiceState
 DESCRIPTION = """CosyVoice2 text-to-speech: a voice registry, synchronous and streaming synthesis in four
 modes (sft, zero-shot, cross-lingual, instruct), asynchronous tasks and audio downloads.
 Every error has the body `{"error": code, "message": text, "details": {"path": ..., "request_id": ...}}`.
-OpenAI's speech API is served under `/v1` (its own documentation: `/v1/docs`)."""
+OpenAI's speech API is served under `/v1` (its own documentation: `/v1/docs`).
+Text can also be streamed in while it is written, over the WebSocket `/api/v1/ws/synthesize`;
+a web playground is at `/playground/`."""
+#: The playground: static files that use the public API only.
+PLAYGROUND_DIR = Path(__file__).resolve().parent.parent / "static" / "playground"
 
 
 def create_api(state: ServiceState) -> FastAPI:
@@ -47,7 +54,14 @@ def create_api(state: ServiceState) -> FastAPI:
         # Added last, so it is outermost: browsers' preflight requests carry no key.
         app.add_middleware(CORSMiddleware, allow_origins=state.settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
-    for module in (system, voices, synthesis, tasks, audio):
+    for module in (system, voices, synthesis, realtime, tasks, audio):
         app.include_router(module.router)
     app.mount(OPENAI_PREFIX, create_openai_api(state))
+    app.mount(PLAYGROUND_PATH, StaticFiles(directory=PLAYGROUND_DIR, html=True), name="playground")
+
+    @app.get(PLAYGROUND_PATH, include_in_schema=False)
+    async def playground_page() -> RedirectResponse:
+        """The playground's address without its slash (the app redirects no other path that way)."""
+        return RedirectResponse(PLAYGROUND_PATH + "/")
+
     return app

@@ -8,6 +8,7 @@ from typing import Any
 
 from ray import serve
 
+from deployments.bistream_inbox import bistream_inbox_actor
 from deployments.task_manager import task_manager_actor
 from deployments.voice_store import voice_store_actor
 from serve_app.api.protocol import Health
@@ -29,6 +30,8 @@ class ServiceState:
     def __init__(self, settings: Settings, frontend: Any, pipeline: Any, store: Any, manager: Any,
                  model_info: dict[str, Any], pretrained: dict[str, Any]):
         self.settings, self.frontend, self.pipeline, self.store = settings, frontend, pipeline, store
+        # Where streamed text is posted for the LLM sequences that speak it.
+        self.inbox = bistream_inbox_actor(settings.app_name)
         self.tasks = TaskService(manager, model_info["sample_rate"])
         self.model_info = model_info
         self.outputs = BlobStore(settings.output_store_uri)

@@ -95,6 +95,23 @@ def test_first_byte_command_and_table() -> None:
     assert 0 < first_byte.encoder_cost_ms("mp3", seconds=2, repeats=1) < 1000
 
 
+def test_first_audio_command_and_replies() -> None:
+    from benchmarks import first_audio
+    from serve_app.cli import build_parser
+
+    args = build_parser().parse_args(["bench-first-audio", "--url", "http://127.0.0.1:1", "--sentences", "3",
+                                      "--tokens-per-second", "10"])
+    assert (args.url, args.sentences, args.tokens_per_second, args.repeat, args.handler) == (
+        "http://127.0.0.1:1", 3, 10.0, 2, first_audio.run)
+    replies = first_audio.replies(3)
+    texts = first_audio.TEXTS
+    assert len(replies) == len(texts) and replies[0] == " ".join(texts[:3])
+    assert replies[-1] == " ".join([texts[-1], texts[0], texts[1]])
+    pieces = first_audio.llm_pieces(texts[0])
+    assert "".join(pieces) == texts[0] and len(pieces) == len(texts[0].split())
+    assert first_audio.summary([0.1, 0.3, 0.2]) == {"p50": 0.2, "p95": 0.29}
+
+
 def test_each_bench_command_says_how_to_install_the_benchmark(monkeypatch: pytest.MonkeyPatch) -> None:
     from serve_app import cli
 

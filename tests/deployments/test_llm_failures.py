@@ -46,10 +46,10 @@ def test_a_failing_request_fails_alone_and_the_replica_goes_on(llm, text_request
     victim = text_requests[1]
     sample = llm.decoder.sample
 
-    def faulty_sample(logp, state, ignore_eos):
+    def faulty_sample(logp, state, ignore_eos, **options):
         if state.generator.initial_seed() == victim.seed and state.step == 5:
             raise InjectedFault("injected")
-        return sample(logp, state, ignore_eos)
+        return sample(logp, state, ignore_eos, **options)
 
     llm.decoder.sample = faulty_sample
     try:

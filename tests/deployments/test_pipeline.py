@@ -11,9 +11,8 @@ import torch
 
 from tests.reference import upstream_frontend, upstream_tts
 from tts_core.modes import SynthesisMode
-from tts_core.synthetic_speech import speech_like
 from tts_core.wire import FrontendError, SynthesisJob
-from tts_model.frontend import PROMPT_SAMPLE_RATE, TextFrontend, voice_from_spk2info
+from tts_model.frontend import TextFrontend, voice_from_spk2info
 
 PROMPT_TEXT = "Hello, this is a sample of my voice."
 INSTRUCTION = "Please speak in a happy and energetic tone"
@@ -25,18 +24,6 @@ def collect(handle, job: SynthesisJob) -> list:
         return [chunk async for chunk in handle.options(stream=True).synthesize.remote(job)]
 
     return asyncio.run(run())
-
-
-@pytest.fixture(scope="module")
-def frontend_handle(serve_cluster):
-    from ray import serve
-
-    return serve.get_deployment_handle("TextFrontendDeployment", app_name=serve_cluster["app_name"])
-
-
-@pytest.fixture(scope="module")
-def prompt_16k() -> np.ndarray:
-    return speech_like(3.0, PROMPT_SAMPLE_RATE, 180.0, np.random.default_rng(5))
 
 
 @pytest.fixture(scope="module")

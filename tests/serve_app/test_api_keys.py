@@ -129,3 +129,48 @@ def test_cors_lets_browsers_in_before_the_key_check() -> None:
     other = client.options("/v1/models", headers={"Origin": "https://evil.example",
                                                   "Access-Control-Request-Method": "GET"})
     assert "access-control-allow-origin" not in other.headers
+
+
+WS_PATH = "/api/v1/ws/synthesize"
+
+
+def websocket_answer(client: TestClient, url: str, headers: dict | None = None) -> tuple[dict, int]:
+    """The first event of a speech WebSocket opened with a config for a voice the stand-in does not
+    have, and the socket's close code."""
+    from starlette.websockets import WebSocketDisconnect
+
+    with client.websocket_connect(url, headers=dict(headers or {})) as socket:
+        socket.send_json({"type": "config", "voice_id": "no_such_voice"})
+        event = socket.receive_json()
+        with pytest.raises(WebSocketDisconnect) as closed:
+            socket.receive_json()
+    return event, closed.value.code
+
+
+@pytest.mark.parametrize(("url", "headers"), [(WS_PATH, None), (WS_PATH, {"X-API-Key": "sk-wrong"}),
+                                              (f"{WS_PATH}?api_key=sk-wrong", None)])
+def test_the_speech_websocket_needs_a_key(client, url, headers) -> None:
+    event, code = websocket_answer(client, url, headers)
+    assert event["type"] == "error" and event["error"] == "unauthorized", event
+    assert event["details"]["path"] == WS_PATH and event["details"]["request_id"]
+    assert code == 1008
+    assert "sk-wrong" not in str(event)
+
+
+@pytest.mark.parametrize(("url", "headers"), [(WS_PATH, {"Authorization": f"Bearer {KEY}"}),
+                                              (WS_PATH, {"X-API-Key": OTHER_KEY}),
+                                              (f"{WS_PATH}?api_key={KEY}", None)])
+def test_a_good_key_opens_the_speech_websocket(client, url, headers) -> None:
+    # Past the key check, the session itself answers: the voice is unknown.
+    event, code = websocket_answer(client, url, headers)
+    assert event["type"] == "error" and event["error"] == "voice_not_found", event
+    assert code == 1008
+
+
+def test_the_playground_page_needs_no_key(client) -> None:
+    redirect = client.get("/playground", follow_redirects=False)
+    assert redirect.status_code == 307 and redirect.headers["location"] == "/playground/"
+    page = client.get("/playground/")
+    assert page.status_code == 200 and "<html" in page.text.lower()
+    assert client.get("/playground/playground.js").status_code == 200
+    assert_error(client.get("/playgroundx"), 401, "unauthorized")

@@ -155,10 +155,10 @@ def test_a_failing_sequence_leaves_the_batch_alone(tiny_model, fault) -> None:
     if fault == "sampling":
         sample = decoder.sample
 
-        def faulty_sample(logp, state, ignore_eos):
+        def faulty_sample(logp, state, ignore_eos, **options):
             if state is victim and state.step == fail_at:
                 raise InjectedFault("injected sampling failure")
-            return sample(logp, state, ignore_eos)
+            return sample(logp, state, ignore_eos, **options)
 
         decoder.sample = faulty_sample
     else:
