@@ -12,8 +12,7 @@ from ray.serve.experimental.consistent_hash_router import ConsistentHashRouter
 
 from deployments.flow import FlowDecoder
 from deployments.pipeline import SynthesisPipeline, _SegmentStream
-from tts_core.modes import SynthesisMode
-from tts_core.wire import FlowPrompt, SynthesisJob, VoiceFeatures
+from tts_core.wire import FlowPrompt
 from tts_model.chunk_schedule import ChunkPlan
 
 
@@ -51,20 +50,15 @@ class RecordingPipeline:
                                                         vocoder=FakeVocoder(), recovery_timeout_s=1.0)
 
 
-def job(stream: bool) -> SynthesisJob:
-    voice = VoiceFeatures.embedding_only(np.ones(192, dtype=np.float32))
-    return SynthesisJob(mode=SynthesisMode.SFT, text="hello", voice=voice, stream=stream)
-
-
 def decode_chunks(recording: RecordingPipeline, stream: bool, chunks: int) -> None:
     prompt = FlowPrompt(np.zeros(0, np.int32), np.zeros((0, 80), np.float32), np.ones(192, np.float32))
-    segment = _SegmentStream(recording.pipeline, job(stream), prompt, 0, 1, 5)
+    segment = _SegmentStream(recording.pipeline, prompt, seed=0, segment=0, segments=1, stream=stream)
     plans = [ChunkPlan(end=25 * (index + 1), token_offset=25 * index, streaming=stream, finalize=index == chunks - 1)
              for index in range(chunks)]
 
     async def run() -> None:
         for plan in plans:
-            await segment.decode(list(range(plan.end)), plan)
+            await segment.decode(list(range(plan.end)), plan, text_tokens=5)
 
     asyncio.run(run())
 
