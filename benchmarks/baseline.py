@@ -4,7 +4,9 @@ Upstream's `cosyvoice` modules driven the way upstream's FastAPI server drives t
 one model copy, each concurrent request on its own thread, no batching. Each request normalises
 and tokenises its text, then iterates upstream's `CosyVoice2Model.tts` (which starts its own LLM
 thread, polls it every 0.1 s when streaming, and runs flow + HiFT in the request's thread) and
-turns each yielded chunk into 16-bit PCM as the server's `generate_data` does. In zero-shot, each
+turns each yielded chunk into 16-bit PCM as the server's `generate_data` does. Its LLM samples as
+current upstream does, from a random stream per request (`SeededSampling`), so it speaks the
+service's tokens for the same seeds and both sides make the same audio. In zero-shot, each
 request also decodes the uploaded prompt and, per text segment, extracts its features as
 upstream's `frontend_zero_shot` does (prompt text tokens, mel, speech tokens, speaker embedding).
 No HTTP is involved: the baseline is upstream's server minus its transport, which favours it.
@@ -78,6 +80,48 @@ class _FlowAtDtype:
         return getattr(self._flow, name)
 
 
+class SeededSampling:
+    """How the baseline's LLM samples: current upstream's `sampling_ids` (end-of-speech masked while
+    not allowed, and the special tokens after it masked, as the service and the fidelity reference
+    do: `allowed_scores`), with each request drawing from a random stream of its own, seeded as
+    the service seeds it.
+
+    Upstream's server draws every request from torch's one global RNG, so under concurrency a
+    request's tokens depend on the others'. A stream per request makes the baseline speak, at every
+    concurrency, exactly the tokens the service speaks for the same seeds: both sides make the same
+    audio and their times compare directly. Upstream's own sampling code draws from the global RNG;
+    the request's state is swapped in for each draw, under a lock (a draw takes microseconds).
+    """
+
+    def __init__(self, llm: Any):
+        self.llm = llm
+        self.lock = threading.Lock()
+        self.local = threading.local()
+        #: RNG state per segment's text tensor (`id`), from its request until its LLM thread starts.
+        self.pending: dict[int, torch.Tensor] = {}
+
+    def seed(self, text: torch.Tensor, seed: int) -> None:
+        self.pending[id(text)] = torch.Generator().manual_seed(seed).get_state()
+
+    def begin(self, text: torch.Tensor) -> None:
+        """In the segment's LLM thread, before its first draw."""
+        self.local.state = self.pending.pop(id(text))
+
+    def sampling_ids(self, weighted_scores: torch.Tensor, decoded_tokens: list[int], sampling: int,
+                     ignore_eos: bool = True) -> int:
+        from tts_model.llm_decode import allowed_scores
+
+        scores = allowed_scores(weighted_scores, self.llm.speech_token_size, ignore_eos, speech_only=True)
+        with self.lock:
+            shared = torch.get_rng_state()
+            torch.set_rng_state(self.local.state)
+            try:
+                return self.llm.sampling(scores, decoded_tokens, sampling)
+            finally:
+                self.local.state = torch.get_rng_state()
+                torch.set_rng_state(shared)
+
+
 class UpstreamServer:
     """What upstream's FastAPI server holds (one `CosyVoice2Model`) and does per request."""
 
@@ -92,6 +136,8 @@ class UpstreamServer:
         self.upstream = CosyVoice2Model(None, flow, model.hift)
         # Upstream's __init__ sets `self.llm = llm`; the installed copy has that line commented out.
         self.upstream.llm = model.llm
+        self.sampling = SeededSampling(model.llm)
+        model.llm.sampling_ids = self.sampling.sampling_ids
         self.frontend = TextFrontend(model.tokenizer)
         self.voices = VoiceFeatureExtractor(model)
         self.speaker = speaker
@@ -101,7 +147,8 @@ class UpstreamServer:
         self._guard_llm_job()
 
     def _guard_llm_job(self) -> None:
-        """Record an LLM thread's crash instead of letting it hang the request.
+        """Give the LLM thread its request's random stream, and record its crash instead of letting
+        it hang the request.
 
         Upstream's streaming loop polls until its LLM thread marks the sequence finished; a thread
         that raises never does, and the request would poll forever. Only that failure path changes.
@@ -110,6 +157,7 @@ class UpstreamServer:
 
         def llm_job(text: torch.Tensor, *args: Any) -> None:
             try:
+                self.sampling.begin(text)
                 original(text, *args)
             except Exception as exc:
                 self._llm_errors[id(text)] = exc
@@ -145,8 +193,7 @@ class UpstreamServer:
             for index, segment in enumerate(self.frontend.normalize(request.text)):
                 text = torch.tensor([self.frontend.tokenize(segment)], dtype=torch.int32)
                 inputs = segment_inputs()
-                # Seeds the global RNG as a seeded upstream request would; concurrent requests share it.
-                torch.manual_seed(segment_seed(request.seed, index))
+                self.sampling.seed(text, segment_seed(request.seed, index))
                 for output in self.upstream.tts(text=text, stream=stream, **inputs):
                     pcm = (output["tts_speech"].numpy() * (2**15)).astype(np.int16).tobytes()
                     if first is None and pcm:

@@ -11,6 +11,8 @@ Two protocols, so that any running server can be driven with the same workload:
   answers each as raw 16-bit PCM at the model's sample rate, with no header.
 
 First audio is the first PCM byte in a streamed body; for a JSON answer, the full response time.
+This service's answers say where that time went, stage by stage (`Server-Timing`); it is kept
+per request.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import httpx
 
 from benchmarks.workload import BenchRequest, RequestResult, Speaker
+from tts_core.timing import parse_server_timing
 
 # httpx logs every request at INFO, which would bury the benchmark's own log under thousands of lines.
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -93,18 +96,19 @@ class ServiceProtocol:
                 if response.status_code != 200:
                     await response.aread()
                     return failed(request, started, f"HTTP {response.status_code}: {response.text[:200]}")
+                stages = parse_server_timing(response.headers.get("server-timing", "")) or None
                 if not stream:
                     await response.aread()
                     latency = time.perf_counter() - started
                     return RequestResult(index=request.index, latency_s=latency, ttfa_s=latency,
-                                         audio_s=float(response.json()["duration"]))
+                                         audio_s=float(response.json()["duration"]), stages=stages)
                 received, header, first = await read_body(response, started, self.WAV_HEADER_BYTES)
             latency = time.perf_counter() - started
             if received < self.WAV_HEADER_BYTES:
                 return failed(request, started, f"stream ended after {received} bytes")
             sample_rate = int.from_bytes(header[24:28], "little")
             return RequestResult(index=request.index, latency_s=latency, ttfa_s=first,
-                                 audio_s=(received - self.WAV_HEADER_BYTES) / 2 / sample_rate)
+                                 audio_s=(received - self.WAV_HEADER_BYTES) / 2 / sample_rate, stages=stages)
         except Exception as exc:  # a failed request is a figure of the benchmark, not the end of it
             return failed(request, started, f"{type(exc).__name__}: {exc}")
 

@@ -64,7 +64,7 @@ def _cell(value: Any, digits: int = 1) -> str:
 def format_table(report: dict[str, Any]) -> str:
     """Per mode and concurrency: each side and the service's ratios to it, one line each; then
     start-up, memory and overhead."""
-    header = (f"{'mode':<7}{'conc':>5}  {'side':<11}{'req':>5}{'err':>5}{'audio-s/s':>11}{'ttfa p50':>10}"
+    header = (f"{'mode':<7}{'conc':>5}  {'side':<11}{'req':>5}{'err':>5}{'audio s':>9}{'audio-s/s':>11}{'ttfa p50':>10}"
               f"{'ttfa p95':>10}{'rtf':>8}{'rss MB':>9}")
     lines = [f"model {report['model']} ({report['dtype']}), {report.get('workload', 'sft')} workload, "
              f"{report.get('cpus')} CPUs, load average {report.get('load_avg')} (start, end)",
@@ -75,7 +75,7 @@ def format_table(report: dict[str, Any]) -> str:
             if figures is None:
                 continue
             lines.append(f"{entry['mode']:<7}{entry['concurrency']:>5}  {side:<11}{figures['requests']:>5}"
-                         f"{figures['errors']:>5}{_cell(figures['throughput'], 3):>11}"
+                         f"{figures['errors']:>5}{_cell(figures['audio_s'], 2):>9}{_cell(figures['throughput'], 3):>11}"
                          f"{_cell(figures['ttfa_p50_ms']):>10}{_cell(figures['ttfa_p95_ms']):>10}"
                          f"{_cell(figures['rtf'], 3):>8}{_cell(figures['peak_rss_mb'], 0):>9}")
         if (flow := entry["service"].get("flow")) is not None:
@@ -83,9 +83,13 @@ def format_table(report: dict[str, Any]) -> str:
                          f"{flow['chunks']}: per 100, {_cell(flow['fallbacks_per_100_chunks'])} full-decode "
                          f"fallbacks, {_cell(flow['full_final_per_100_chunks'])} full final chunks, "
                          f"{_cell(flow['evictions_per_100_chunks'])} evictions {flow['evictions']}")
+        if stages := entry["service"].get("stages_p50_ms"):
+            what = "first audio" if entry["mode"] == "stream" else "whole request"
+            lines.append(f"{entry['mode']:<7}{entry['concurrency']:>5}  {what} by stage, p50 ms: "
+                         + ", ".join(f"{stage} {_cell(ms)}" for stage, ms in stages.items()))
         for key, label in (("ratio", "ratio"), ("compare_ratio", "/ compare")):
             if (r := entry.get(key)) is not None:
-                lines.append(f"{entry['mode']:<7}{entry['concurrency']:>5}  {label:<11}{'':>10}"
+                lines.append(f"{entry['mode']:<7}{entry['concurrency']:>5}  {label:<11}{'':>19}"
                              f"{_cell(r['throughput'], 2):>11}{_cell(r['ttfa_p50'], 2):>10}{'':>10}"
                              f"{_cell(r['rtf'], 2):>8}{_cell(r['peak_rss'], 2):>9}")
     lines.append("ttfa in ms; whole mode: ttfa = full response time (upstream protocol: first PCM byte); "

@@ -94,6 +94,9 @@ class RequestResult:
     ttfa_s: float | None = None
     audio_s: float = 0.0
     error: str | None = None
+    #: Seconds per stage from the response's `Server-Timing` (streamed: up to the first chunk;
+    #: whole: the whole request), when the server sends one.
+    stages: dict[str, float] | None = None
 
     @property
     def ok(self) -> bool:
@@ -149,6 +152,8 @@ def summarize(run: LevelRun) -> dict[str, Any]:
     audio_s = sum(result.audio_s for result in ok)
     ttfa = [result.ttfa_s for result in ok if result.ttfa_s is not None]
     rtf = [result.latency_s / result.audio_s for result in ok if result.audio_s > 0]
+    timed = [result.stages for result in ok if result.stages]
+    stage_names = list(dict.fromkeys(stage for stages in timed for stage in stages))
     errors = [result.error for result in run.results if not result.ok]
     return {
         "requests": len(run.results),
@@ -163,6 +168,9 @@ def summarize(run: LevelRun) -> dict[str, Any]:
         "peak_rss_mb": None if run.peak_rss_bytes is None else round(run.peak_rss_bytes / 2**20, 1),
         "first_error": errors[0] if errors else None,
         "flow": None if run.flow_counts is None else flow_figures(run.flow_counts),
+        # Where the time to first audio went (whole mode: the whole request's), per stage.
+        "stages_p50_ms": {stage: _ms(percentile([stages.get(stage, 0.0) for stages in timed], 50))
+                          for stage in stage_names} or None,
     }
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -29,6 +29,7 @@ from deployments.failures import ReplicaRecovery, replica_gone
 from deployments.metrics import StageLoad, metric
 from deployments.replica_logging import quiet_health_checks
 from tts_core.modes import ModeInputs, SynthesisMode, mode_inputs
+from tts_core.timing import StageTimes
 from tts_core.wire import (
     BistreamJob,
     BistreamRequest,
@@ -40,6 +41,8 @@ from tts_core.wire import (
     VoiceFeatures,
 )
 from tts_model.chunk_schedule import ChunkPlan, StreamPlanner, chunk_seed, segment_seed
+
+T = TypeVar("T")
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
@@ -90,7 +93,11 @@ class SynthesisPipeline:
         return mode_inputs(mode, voice, instruction)
 
     async def _chunks(self, job: SynthesisJob) -> AsyncIterator[SynthesisChunk]:
-        segments = job.text_segments or await self.call("frontend", self.frontend.text_segments, job.text)
+        times = StageTimes()
+        segments = job.text_segments
+        if not segments:
+            with times.measure("text"):
+                segments = await self.call("frontend", self.frontend.text_segments, job.text)
         inputs = await self._mode_inputs(job.mode, job.voice, job.instruct_text)
         for index, text_token in enumerate(segments):
             request = SpeechTokenRequest(text_token=text_token, prompt_text_token=inputs.llm_prompt_text,
@@ -98,27 +105,31 @@ class SynthesisPipeline:
                                          seed=segment_seed(job.seed, index))
             planner = StreamPlanner(prompt_token_len=len(inputs.flow_prompt.speech_token), stream=job.stream)
             tokens: list[int] = []
-            stream = _SegmentStream(self, inputs.flow_prompt, job.seed, index, len(segments), job.speed, job.stream)
+            stream = _SegmentStream(self, inputs.flow_prompt, job.seed, index, len(segments), times, job.speed,
+                                    job.stream)
             if job.stream:
-                async for new_tokens in self._speech_tokens(request):
+                async for new_tokens in _timed_tokens(self._speech_tokens(request), times):
                     tokens.extend(new_tokens)
                     while plan := planner.next_chunk(len(tokens), llm_finished=False):
                         yield await stream.decode(tokens, plan, len(text_token))
             else:  # nothing to do before the last token: one reply instead of a stream
-                tokens = await self.call("llm", self.llm.generate_all, request)
+                with times.measure("llm"):
+                    tokens = await self.call("llm", self.llm.generate_all, request)
             while plan := planner.next_chunk(len(tokens), llm_finished=True):
                 yield await stream.decode(tokens, plan, len(text_token))
 
     async def _bistream_chunks(self, job: BistreamJob) -> AsyncIterator[SynthesisChunk]:
+        times = StageTimes()
         inputs = await self._mode_inputs(job.mode, job.voice, job.instruct_text)
         request = BistreamRequest(key=job.key, prompt_text_token=inputs.llm_prompt_text,
                                   prompt_speech_token=inputs.llm_prompt_speech,
                                   seed=segment_seed(job.seed, job.segment), ahead_tokens=job.ahead_tokens)
         planner = StreamPlanner(prompt_token_len=len(inputs.flow_prompt.speech_token), stream=True)
-        stream = _SegmentStream(self, inputs.flow_prompt, job.seed, job.segment, job.segment + 1)
+        stream = _SegmentStream(self, inputs.flow_prompt, job.seed, job.segment, job.segment + 1, times)
         tokens: list[int] = []
         text_fed = 0
-        async for ready in self.llm.options(stream=True).generate_bistream.remote(request):
+        # The LLM waits for text the client has not written yet: its time is the writer's as much as the model's.
+        async for ready in _timed_tokens(self.llm.options(stream=True).generate_bistream.remote(request), times):
             tokens.extend(ready.tokens)
             text_fed = ready.text_tokens_fed
             while plan := planner.next_chunk(len(tokens), llm_finished=False):
@@ -171,12 +182,26 @@ class SynthesisPipeline:
         return None
 
 
+async def _timed_tokens(tokens: AsyncIterator[T], times: StageTimes) -> AsyncIterator[T]:
+    """`tokens`, with the wait for each reply added to `times`: the first as `llm_first` (queue,
+    prefill and first step), the others as `llm`."""
+    stage = "llm_first"
+    while True:
+        with times.measure(stage):
+            ready = await anext(tokens, None)
+        if ready is None:
+            return
+        stage = "llm"
+        yield ready
+
+
 class _SegmentStream:
-    """The state of one segment's token2wav stream: which chunk comes next, the vocoder cache."""
+    """The state of one segment's token2wav stream: which chunk comes next, the vocoder cache.
+    Each chunk carries the stage times in `times` since the chunk before it."""
 
     def __init__(self, pipeline: SynthesisPipeline, prompt: FlowPrompt, seed: int, segment: int, segments: int,
-                 speed: float = 1.0, stream: bool = True):
-        self.pipeline, self.prompt, self.seed, self.speed = pipeline, prompt, seed, speed
+                 times: StageTimes, speed: float = 1.0, stream: bool = True):
+        self.pipeline, self.prompt, self.seed, self.speed, self.times = pipeline, prompt, seed, speed, times
         self.segment, self.segments = segment, segments
         self.chunk = 0
         self.cache: VocoderCache | None = None
@@ -187,10 +212,12 @@ class _SegmentStream:
 
     async def decode(self, tokens: list[int], plan: ChunkPlan, text_tokens: int) -> SynthesisChunk:
         pipeline, seed = self.pipeline, chunk_seed(self.seed, self.segment, self.chunk)
-        mel = await pipeline.call("flow", self.flow.decode, tokens[: plan.end], self.prompt, plan.token_offset,
-                                  plan.streaming, plan.finalize, self.key)
-        pcm, self.cache = await pipeline.call("vocoder", pipeline.vocoder.vocode, mel, self.cache, plan.finalize,
-                                              self.speed, seed)
+        with self.times.measure("flow"):
+            mel = await pipeline.call("flow", self.flow.decode, tokens[: plan.end], self.prompt, plan.token_offset,
+                                      plan.streaming, plan.finalize, self.key)
+        with self.times.measure("vocoder"):
+            pcm, self.cache = await pipeline.call("vocoder", pipeline.vocoder.vocode, mel, self.cache,
+                                                  plan.finalize, self.speed, seed)
         self.chunk += 1
         return SynthesisChunk(pcm=pcm, segment=self.segment, segments=self.segments, tokens=len(tokens),
-                              text_tokens=text_tokens, segment_done=plan.finalize)
+                              text_tokens=text_tokens, segment_done=plan.finalize, stage_seconds=self.times.take())

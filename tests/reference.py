@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from tts_model.chunk_schedule import chunk_seed, segment_seed
+from tts_model.llm_decode import allowed_scores
 
 T = TypeVar("T")
 
@@ -40,11 +41,8 @@ def current_upstream_sampling_ids(llm, speech_only: bool = False) -> Iterator[No
     (`SpeechTokenDecoder.sample`): `inference` has no use for them, a trained model gives them no
     mass, and the twin samples the fill token for the sake of `inference_bistream`."""
     def sampling_ids(weighted_scores, decoded_tokens, sampling, ignore_eos=True):
-        if ignore_eos:
-            weighted_scores[llm.speech_token_size] = -float("inf")
-        if speech_only:
-            weighted_scores[llm.speech_token_size + 1:] = -float("inf")
-        return llm.sampling(weighted_scores, decoded_tokens, sampling)
+        scores = allowed_scores(weighted_scores, llm.speech_token_size, ignore_eos, speech_only)
+        return llm.sampling(scores, decoded_tokens, sampling)
 
     llm.sampling_ids = sampling_ids
     try:

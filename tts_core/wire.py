@@ -145,6 +145,8 @@ class SynthesisJob:
     #: The text's segments as token ids, when the front end already split it (the API does, to
     #: refuse text with nothing to speak before it accepts a request).
     text_segments: list[list[int]] | None = None
+    #: Seconds the ingress spent per stage before synthesis (`tts_core.timing.STAGES`).
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -157,3 +159,5 @@ class SynthesisChunk:
     tokens: int  # speech tokens of this segment decoded so far
     text_tokens: int  # text tokens of this segment (streamed-in text: those the model has been fed so far)
     segment_done: bool
+    #: Seconds the pipeline waited per stage since the previous chunk (`tts_core.timing.STAGES`).
+    stage_seconds: dict[str, float] = field(default_factory=dict)

@@ -2,8 +2,8 @@
 
 Upstream's `Qwen2LM.inference` is a generator that samples from torch's global RNG, so two
 concurrent requests perturb each other's randomness and a run cannot be replayed. This module
-runs the same computation (same inputs, same `forward_one_step` calls, same RAS sampling with
-the yaml's parameters, same min/max lengths) as explicit per-sequence state with a private
+runs the same computation (same inputs, the transformer steps of `forward_one_step`, same RAS
+sampling with the yaml's parameters, same min/max lengths) as explicit per-sequence state with a private
 `torch.Generator`: seeded identically, it yields exactly the tokens upstream yields after
 `torch.manual_seed(seed)`. Explicit state is also what lets a scheduler batch many sequences
 into one forward per step (continuous batching: sequences join and leave between steps) and
@@ -92,6 +92,30 @@ class _PackedBatch:
 
 def _same_states(first: list[DecodeState], second: list[DecodeState]) -> bool:
     return len(first) == len(second) and all(a is b for a, b in zip(first, second, strict=True))
+
+
+def allowed_scores(logp: torch.Tensor, eos: int, ignore_eos: bool, speech_only: bool) -> torch.Tensor:
+    """The scores sampled from: `logp` with the tokens not allowed at this step masked out.
+
+    While end-of-speech (`eos`) is not allowed it is masked out, as current upstream does (the
+    installed snapshot resampled up to 100 times and then raised), so a model that keeps choosing
+    it speaks exactly the minimum length.
+
+    `speech_only` (ordinary decoding, `Qwen2LM.inference`): the special tokens after end-of-speech
+    (task id, fill) are masked out too. `inference` has no use for them (current upstream ends the
+    utterance on one, the installed snapshot skips it and, on the first step, feeds the whole
+    prompt again); a trained model gives them no mass, and the random twin, which samples the fill
+    token so that a bistream sequence asks for text, must not get them here. The fidelity
+    reference and the benchmark's baseline mask them the same way.
+    """
+    if not (ignore_eos or speech_only):
+        return logp
+    logp = logp.clone()
+    if ignore_eos:
+        logp[eos] = -float("inf")
+    if speech_only:
+        logp[eos + 1:] = -float("inf")
+    return logp
 
 
 class SpeechTokenDecoder:
@@ -227,11 +251,26 @@ class SpeechTokenDecoder:
             return None
         if state.cache is _PACKED:
             self._unpack()
-        # Upstream's masks cover the cached positions too (all ones: no position is hidden).
+        # Upstream's mask covers the cached positions too (all ones: no position is hidden).
         length = state.lm_input.shape[1] + (state.cache.get_seq_length() if state.cache is not None else 0)
-        masks = torch.tril(torch.ones((1, length, length), device=state.lm_input.device)).to(torch.bool)
-        y_pred, state.cache = self.llm.llm.forward_one_step(state.lm_input, masks=masks, cache=state.cache)
-        return self._advance(state, self.llm.llm_decoder(y_pred[:, -1]).log_softmax(dim=-1)[0])
+        hidden, state.cache = self._transformer(state.lm_input, torch.ones((1, length), dtype=torch.bool,
+                                                                             device=state.lm_input.device),
+                                                state.cache)
+        return self._advance(state, self.llm.llm_decoder(hidden[:, -1]).log_softmax(dim=-1)[0])
+
+    def _transformer(self, lm_input: torch.Tensor, attention_mask: torch.Tensor, cache: Any,
+                     position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
+        """Qwen2's transformer over `lm_input`: its last layer's (normed) hidden states and the cache.
+
+        Upstream's `forward_one_step` runs the whole `Qwen2ForCausalLM`, whose language-model head
+        turns every position into logits over the 151,936-token text vocabulary that nothing reads:
+        a quarter of the weights a decoding step reads, and in the prefill a matrix product per
+        prompt position. The transformer alone gives the same hidden states, so the same tokens.
+        """
+        outputs = self.llm.llm.model.model(inputs_embeds=lm_input, attention_mask=attention_mask,
+                                           position_ids=position_ids, past_key_values=cache, use_cache=True,
+                                           return_dict=True)
+        return outputs.last_hidden_state, outputs.past_key_values
 
     @torch.inference_mode()
     def step_batch(self, states: list[DecodeState]) -> list[int | None]:
@@ -336,19 +375,16 @@ class SpeechTokenDecoder:
         for row, pad in enumerate(packed.pads):
             attention_mask[row, :pad] = 0
         try:
-            outputs = self.llm.llm.model(inputs_embeds=torch.cat([state.lm_input for state in states]),
-                                         attention_mask=attention_mask,
-                                         position_ids=torch.tensor([[longest - pad] for pad in packed.pads],
-                                                                   device=device),
-                                         past_key_values=packed.cache, use_cache=True,
-                                         output_hidden_states=True, return_dict=True)
-            logp = self.llm.llm_decoder(outputs.hidden_states[-1][:, -1]).log_softmax(dim=-1)
+            hidden, cache = self._transformer(torch.cat([state.lm_input for state in states]), attention_mask,
+                                              packed.cache,
+                                              torch.tensor([[longest - pad] for pad in packed.pads], device=device))
+            logp = self.llm.llm_decoder(hidden[:, -1]).log_softmax(dim=-1)
         except Exception:
             # The cache grows layer by layer in place: a forward that failed part-way leaves the
             # first layers a step ahead of the rest, so cut every layer back to where it was.
             packed.cache.crop(longest)
             raise
-        packed.cache = outputs.past_key_values
+        packed.cache = cache
         return [self._isolated(self._advance, state, logp[row]) for row, state in enumerate(states)]
 
     def _stop_at_max_len(self, state: DecodeState) -> bool:
@@ -403,26 +439,10 @@ class SpeechTokenDecoder:
         return token
 
     def sample(self, logp: torch.Tensor, state: DecodeState, ignore_eos: bool, speech_only: bool = False) -> int:
-        """`Qwen2LM.sampling_ids` with the yaml's RAS sampling, drawing from the sequence's generator.
-
-        While end-of-speech is not allowed it is masked out, as current upstream does (the installed
-        snapshot resampled up to 100 times and then raised), so a model that keeps choosing it
-        speaks exactly the minimum length.
-
-        `speech_only` (ordinary decoding, `Qwen2LM.inference`): the special tokens after
-        end-of-speech (task id, fill) are masked out too. `inference` has no use for them (current
-        upstream ends the utterance on one, the installed snapshot skips it and, on the first step,
-        feeds the whole prompt again); a trained model gives them no mass, and the random twin,
-        which samples the fill token so that a bistream sequence asks for text, must not get them
-        here. The fidelity reference masks them the same way.
-        """
-        if ignore_eos or speech_only:
-            logp = logp.clone()
-            if ignore_eos:
-                logp[self.eos] = -float("inf")
-            if speech_only:
-                logp[self.eos + 1:] = -float("inf")
-        return self.ras_sampling(logp, state.out_tokens, state.generator)
+        """`Qwen2LM.sampling_ids` with the yaml's RAS sampling, drawing from the sequence's generator,
+        over the tokens `allowed_scores` leaves."""
+        return self.ras_sampling(allowed_scores(logp, self.eos, ignore_eos, speech_only), state.out_tokens,
+                                 state.generator)
 
     def ras_sampling(self, scores: torch.Tensor, decoded: list[int], generator: torch.Generator) -> int:
         token = self.nucleus_sampling(scores, generator)

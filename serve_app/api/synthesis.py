@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from serve_app.api.deps import Synthesis
 from serve_app.api.errors import invalid_request
@@ -46,8 +46,10 @@ FORM_CHECKS = [Depends(reject_blank_form_text)]
 
 async def respond(service: SynthesisService, job, fmt: OutputFormat, stream: bool):
     if stream:
-        return StreamingResponse(await service.stream(job, fmt.value), media_type=MEDIA_TYPES[fmt.value])
-    return await service.to_file(job, fmt.value)
+        audio = await service.stream(job, fmt.value)
+        return StreamingResponse(audio, media_type=MEDIA_TYPES[fmt.value], headers=audio.headers())
+    body, server_timing = await service.to_file(job, fmt.value)
+    return JSONResponse(body, headers={"Server-Timing": server_timing})
 
 
 @router.post("/sft", response_model=SynthesisResult, responses=STREAM_RESPONSE)

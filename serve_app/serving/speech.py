@@ -22,7 +22,7 @@ from serve_app.api.openai.protocol import (
     Usage,
     VoiceRef,
 )
-from serve_app.serving.synthesis import SynthesisService
+from serve_app.serving.synthesis import EncodedStream, SynthesisService
 from serve_app.serving.voices import VoiceService
 from tts_core.limits import MAX_SPEED, MIN_SPEED
 from tts_core.modes import SynthesisMode
@@ -82,11 +82,11 @@ class SpeechService:
                                    f"one of the voice names mapped by the `openai_voices` setting ({names}).",
                               param="voice", code="voice_not_found") from exc
 
-    async def audio(self, job: SynthesisJob, fmt: str) -> AsyncIterator[bytes]:
+    async def audio(self, job: SynthesisJob, fmt: str) -> EncodedStream:
         """The encoded audio as it is made (once the first chunk exists)."""
         return await self.synthesis.stream(job, fmt)
 
-    async def events(self, job: SynthesisJob, fmt: str) -> AsyncIterator[bytes]:
+    async def events(self, job: SynthesisJob, fmt: str) -> EncodedStream:
         """`speech.audio.delta` events carrying the encoded audio as it is made, then `speech.audio.done`
         (once the first chunk exists)."""
         usage = Usage(input_tokens=0, output_tokens=0, total_tokens=0)
@@ -98,7 +98,7 @@ class SpeechService:
                 usage.total_tokens = usage.input_tokens + usage.output_tokens
 
         audio = await self.synthesis.stream(job, fmt, on_chunk=count)
-        return _events(audio, usage)
+        return EncodedStream(_events(audio, usage), audio.server_timing)
 
 
 async def _events(audio: AsyncIterator[bytes], usage: Usage) -> AsyncIterator[bytes]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import UploadFile
@@ -23,6 +24,7 @@ from tts_core.rendering import render_to_store
 from tts_core.storage.blobs import BlobStore
 from tts_core.stream_encoding import StreamEncoder
 from tts_core.tasks import RenderedAudio
+from tts_core.timing import StageTimes
 from tts_core.wire import FrontendError, SynthesisChunk, SynthesisJob
 
 
@@ -55,6 +57,21 @@ def result_body(mode: SynthesisMode, rendered: RenderedAudio) -> dict[str, Any]:
             "synthesis_time": rendered.synthesis_time, "sample_rate": rendered.sample_rate}
 
 
+@dataclass
+class EncodedStream:
+    """Encoded audio as it is made, and where the time to its first chunk went."""
+
+    chunks: AsyncIterator[bytes]
+    #: `Server-Timing`: the ingress's stages and the pipeline's waits up to the first chunk.
+    server_timing: str
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.chunks
+
+    def headers(self) -> dict[str, str]:
+        return {"Server-Timing": self.server_timing}
+
+
 class SynthesisService:
     def __init__(self, pipeline: Any, frontend: Any, voices: VoiceService, outputs: BlobStore, sample_rate: int):
         self.pipeline, self.frontend, self.voices = pipeline, frontend, voices
@@ -69,8 +86,10 @@ class SynthesisService:
         if not text.strip():
             raise invalid_request("text must not be blank")
         check_output_format(fmt, stream)
+        times = StageTimes()
         try:  # the pipeline's own first step, done here: text with nothing to speak is a 400 now
-            segments = await self.frontend.text_segments.remote(text)
+            with times.measure("text"):
+                segments = await self.frontend.text_segments.remote(text)
         except Exception as exc:
             raise synthesis_failed(exc) from exc
         if mode in (SynthesisMode.ZERO_SHOT, SynthesisMode.CROSS_LINGUAL):
@@ -82,25 +101,29 @@ class SynthesisService:
                 raise invalid_request("prompt_text is required with prompt_audio in zero-shot mode")
         if mode is SynthesisMode.INSTRUCT and not (instruct_text or "").strip():
             raise invalid_request("instruct_text must not be blank")
-        if voice_id is not None or mode in (SynthesisMode.SFT, SynthesisMode.INSTRUCT):
-            voice = await self.voices.features(voice_id or "")
-        else:
-            transcript = prompt_text if mode is SynthesisMode.ZERO_SHOT else None
-            voice = await self.voices.features_from_upload(prompt_audio, transcript)
+        with times.measure("prompt"):
+            if voice_id is not None or mode in (SynthesisMode.SFT, SynthesisMode.INSTRUCT):
+                voice = await self.voices.features(voice_id or "")
+            else:
+                transcript = prompt_text if mode is SynthesisMode.ZERO_SHOT else None
+                voice = await self.voices.features_from_upload(prompt_audio, transcript)
         return SynthesisJob(mode=mode, text=text, voice=voice, instruct_text=instruct_text, speed=speed,
                             stream=stream, seed=secrets.randbelow(2**31) if seed is None else seed,
-                            text_segments=segments)
+                            text_segments=segments, stage_seconds=times.seconds)
 
-    async def to_file(self, job: SynthesisJob, fmt: str) -> dict[str, Any]:
+    async def to_file(self, job: SynthesisJob, fmt: str) -> tuple[dict[str, Any], str]:
+        """The stored file's result body, and the `Server-Timing` of every stage of the request."""
+        times = StageTimes(job.stage_seconds)
         try:
             chunks = self.pipeline.options(stream=True).synthesize.remote(job)
-            rendered = await render_to_store(chunks, fmt, self.outputs, self.sample_rate)
+            rendered = await render_to_store(chunks, fmt, self.outputs, self.sample_rate,
+                                             on_chunk=lambda chunk: times.merge(chunk.stage_seconds))
         except Exception as exc:
             raise synthesis_failed(exc) from exc
-        return result_body(job.mode, rendered)
+        return result_body(job.mode, rendered), times.header()
 
     async def stream(self, job: SynthesisJob, fmt: str,
-                     on_chunk: Callable[[SynthesisChunk], None] | None = None) -> AsyncIterator[bytes]:
+                     on_chunk: Callable[[SynthesisChunk], None] | None = None) -> EncodedStream:
         """`fmt` encoded as each chunk leaves the vocoder (a WAV header first, before any audio).
 
         The first chunk is awaited before this returns, so a synthesis that fails before any
@@ -108,12 +131,16 @@ class SynthesisService:
         only end the stream unfinished (no terminating chunk), which the client sees as such.
         If the client disconnects, the pipeline call is cancelled, and with it the LLM's stream.
         """
+        times = StageTimes(job.stage_seconds)
         chunks = self.pipeline.options(stream=True).synthesize.remote(job)
         try:
             first = await anext(chunks, None)
         except Exception as exc:
             raise synthesis_failed(exc) from exc
-        return self._encoded(first, chunks, StreamEncoder(fmt, self.sample_rate), on_chunk)
+        if first is not None:
+            times.merge(first.stage_seconds)
+        return EncodedStream(self._encoded(first, chunks, StreamEncoder(fmt, self.sample_rate), on_chunk),
+                             times.header())
 
     @staticmethod
     async def _encoded(first: SynthesisChunk | None, chunks: AsyncIterator[SynthesisChunk], encoder: StreamEncoder,

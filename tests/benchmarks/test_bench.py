@@ -367,6 +367,12 @@ def test_zero_shot_bench_against_running_servers(serve_cluster: dict, tiny_model
         # The service's counters, read from the endpoint given: one streamed request, one final chunk.
         if entry["mode"] == "stream":
             assert entry["service"]["flow"]["chunks"]["final"] == 1
+        # Where the time went, stage by stage, from the service's Server-Timing; the baseline has none.
+        stages = entry["service"]["stages_p50_ms"]
+        first_tokens = "llm_first" if entry["mode"] == "stream" else "llm"
+        assert {"text", "prompt", first_tokens, "flow", "vocoder"} <= set(stages), stages
+        assert sum(stages.values()) <= entry["service"]["ttfa_p50_ms"], entry["service"]
+        assert entry["baseline"]["stages_p50_ms"] is None
     # The in-process path decodes the prompt and extracts its features as the service does: same audio.
     assert report["overhead"]["same_audio"] is True
     baseline = report["startup"]["baseline"]

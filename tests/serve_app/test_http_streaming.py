@@ -16,6 +16,7 @@ from tests.audio_samples import decode_output
 from tests.serve_app.http_helpers import MODEL_RATE, PROMPT_TEXT, assert_error, unique_id, wav_bytes
 from tts_core.audio import MEDIA_TYPES
 from tts_core.stream_encoding import OUTPUT_FORMATS, StreamEncoder
+from tts_core.timing import parse_server_timing
 
 STREAM_TEXT = ("Hello there, this is a streaming test with a longer text. It has several sentences in it, so the "
                "model has to work for a while. Each sentence makes more audio for the stream to carry, chunk by "
@@ -185,3 +186,27 @@ def test_client_disconnect_stops_generation(serve_cluster, llm) -> None:
     while time.monotonic() - hung_up < 5.0:
         assert llm_stats(llm) == stopped
         time.sleep(0.1)
+
+
+def test_server_timing_says_where_the_first_audio_time_went(client) -> None:
+    """A stream's headers leave with its first chunk: their `Server-Timing` covers the voice's
+    features, the LLM's first token and the first chunk's flow and vocoder calls, and adds up to no
+    more than the time to the first byte."""
+    started = time.perf_counter()
+    with stream_request(client, "zero-shot", STREAM_TEXT, seed=5) as response:
+        check_stream_headers(response)
+        first_byte_s = time.perf_counter() - started
+        stages = parse_server_timing(response.headers["server-timing"])
+        check_streaming_wav(response.read())
+    assert {"text", "prompt", "llm_first", "flow", "vocoder"} <= set(stages), stages
+    assert all(seconds >= 0 for seconds in stages.values()), stages
+    assert min(stages["prompt"], stages["llm_first"], stages["flow"], stages["vocoder"]) > 0, stages
+    assert sum(stages.values()) <= first_byte_s, (stages, first_byte_s)
+
+    whole_started = time.perf_counter()
+    whole = client.post("/api/v1/synthesize/sft", json={"text": STREAM_TEXT, "voice_id": "pretrained_voice_001"})
+    whole_s = time.perf_counter() - whole_started
+    assert whole.status_code == 200
+    stages = parse_server_timing(whole.headers["server-timing"])
+    assert {"text", "prompt", "llm", "flow", "vocoder"} <= set(stages) and "llm_first" not in stages, stages
+    assert sum(stages.values()) <= whole_s, (stages, whole_s)

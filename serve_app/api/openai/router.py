@@ -31,8 +31,10 @@ async def create_speech(request: SpeechRequest, speech: Speech) -> StreamingResp
     job = await speech.prepare(request)
     fmt = request.response_format.value
     if request.stream_format is StreamFormat.sse:
-        return StreamingResponse(await speech.events(job, fmt), media_type="text/event-stream")
-    return StreamingResponse(await speech.audio(job, fmt), media_type=MEDIA_TYPES[fmt])
+        events = await speech.events(job, fmt)
+        return StreamingResponse(events, media_type="text/event-stream", headers=events.headers())
+    audio = await speech.audio(job, fmt)
+    return StreamingResponse(audio, media_type=MEDIA_TYPES[fmt], headers=audio.headers())
 
 
 @router.get("/models", response_model=ModelList, responses=ERRORS)
