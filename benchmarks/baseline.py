@@ -226,7 +226,7 @@ def run(plan: BaselinePlan) -> dict[str, Any]:
     from tts_model.loader import load_model
 
     imported = time.time()
-    model = load_model(plan.model_dir, dtype=plan.dtype)
+    model = load_model(plan.model_dir, dtype=plan.dtype, upstream_loading=True)
     loaded = time.time()
     server = UpstreamServer(model, plan.speaker())
     warmup_s = {}

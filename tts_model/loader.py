@@ -153,6 +153,7 @@ def qwen_from_config_only() -> Iterator[None]:
     config; `llm.pt` fills it.
     """
     import cosyvoice.llm.llm as upstream_llm
+    import transformers.modeling_utils
     from transformers import AutoConfig, Qwen2ForCausalLM
     from transformers.modeling_utils import no_init_weights
 
@@ -160,7 +161,10 @@ def qwen_from_config_only() -> Iterator[None]:
         @classmethod
         def from_pretrained(cls, path: str, *args: Any, **kwargs: Any) -> Qwen2ForCausalLM:
             config = AutoConfig.from_pretrained(path)
-            with no_init_weights():
+            # Leaving a nested `no_init_weights` would turn initialisation back on for the rest of an outer one.
+            skipping = (contextlib.nullcontext() if not transformers.modeling_utils._init_weights
+                        else no_init_weights())
+            with skipping:
                 return Qwen2ForCausalLM(config)
 
     original = upstream_llm.Qwen2ForCausalLM
@@ -171,10 +175,31 @@ def qwen_from_config_only() -> Iterator[None]:
         upstream_llm.Qwen2ForCausalLM = original
 
 
-def load_state_dict_strictly(module: torch.nn.Module, path: Path) -> None:
-    """Load a checkpoint, naming the first offending keys if it does not match the module."""
+@contextlib.contextmanager
+def uninitialised_modules() -> Iterator[None]:
+    """Build every module without initialising its weights, which its checkpoint then overwrites.
+
+    Drawing random values for the LLM's half a billion weights alone takes seconds of start-up;
+    torch's initialisers are skipped (transformers' `no_init_weights`) and Qwen2 is built from
+    its config only (`qwen_from_config_only`). Every weight is then loaded, strictly, so none is
+    left uninitialised.
+    """
+    from transformers.modeling_utils import no_init_weights
+
+    with qwen_from_config_only(), no_init_weights():
+        yield
+
+
+def load_state_dict_strictly(module: torch.nn.Module, path: Path, in_place: bool = True) -> None:
+    """Load a checkpoint, naming the first offending keys if it does not match the module.
+
+    `in_place`: the checkpoint is mapped from its file and its tensors become the module's (no
+    copy into the module's own; the pages are read as they are first used), instead of being read
+    whole into memory and copied into the module, which costs the time of a second copy and
+    leaves the first one's pages in the allocator.
+    """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=in_place)
     except Exception as exc:  # corrupt or not a torch file
         raise ModelDirError(f"cannot read {path.name}: {exc}") from exc
     if not isinstance(state, dict):
@@ -195,7 +220,7 @@ def load_state_dict_strictly(module: torch.nn.Module, path: Path) -> None:
         problems.append(f"shape mismatches: {', '.join(mismatched[:5])}{' ...' if len(mismatched) > 5 else ''}")
     if problems:
         raise ModelDirError(f"{path.name} does not match the model built from {CONFIG_NAME}: " + "; ".join(problems))
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=True, assign=in_place)
 
 
 def onnx_session(path: Path, device: torch.device) -> Any:
@@ -237,11 +262,17 @@ def resolve_dtype(dtype: str, device: torch.device) -> str:
 
 
 def load_model(model_dir: str | Path, parts: Iterable[Part] = ALL_PARTS, device: str = "cpu",
-               dtype: str = "fp32") -> CosyVoice2Model:
+               dtype: str = "fp32", upstream_loading: bool = False) -> CosyVoice2Model:
     """Build and load the requested parts of the CosyVoice2 model in `model_dir`.
 
     `dtype` (fp32, bf16, fp16 or auto) applies to the LLM and the flow decoder; HiFT and the ONNX
     front end stay fp32, as upstream runs them.
+
+    The modules are built without initialising their weights (every one is then loaded from its
+    checkpoint, strictly), and the checkpoints are mapped in place (`load_state_dict_strictly`).
+    `upstream_loading` loads as upstream's `CosyVoice2` does instead, for the benchmark's
+    baseline: modules initialised at random, Qwen2's pretrained weights read from
+    `CosyVoice-BlankEN` where present, then every checkpoint read whole and copied in.
     """
     from hyperpyyaml import load_hyperpyyaml
 
@@ -259,7 +290,8 @@ def load_model(model_dir: str | Path, parts: Iterable[Part] = ALL_PARTS, device:
 
     yaml_text = (model_dir / CONFIG_NAME).read_text(encoding="utf-8")
     sections = [section for part in parts for section in PART_SECTIONS[part]]
-    with qwen_from_config_only():
+    building = contextlib.nullcontext() if upstream_loading else uninitialised_modules()
+    with building:
         config = load_hyperpyyaml(select_sections(yaml_text, sections),
                                   overrides={"qwen_pretrain_path": str(model_dir / QWEN_DIR_NAME)})
 
@@ -267,14 +299,14 @@ def load_model(model_dir: str | Path, parts: Iterable[Part] = ALL_PARTS, device:
                             sample_rate=int(config["sample_rate"]), token_frame_rate=int(config["token_frame_rate"]),
                             token_mel_ratio=int(config["token_mel_ratio"]), chunk_size=int(config["chunk_size"]))
     if "llm" in parts:
-        load_state_dict_strictly(config["llm"], model_dir / "llm.pt")
+        load_state_dict_strictly(config["llm"], model_dir / "llm.pt", in_place=not upstream_loading)
         model.llm = config["llm"].to(torch_device, torch_dtype).eval()
         model.sampling_params = dict(getattr(model.llm.sampling, "keywords", {}))
     if "flow" in parts:
-        load_state_dict_strictly(config["flow"], model_dir / "flow.pt")
+        load_state_dict_strictly(config["flow"], model_dir / "flow.pt", in_place=not upstream_loading)
         model.flow = config["flow"].to(torch_device, torch_dtype).eval()
     if "hift" in parts:
-        load_state_dict_strictly(config["hift"], model_dir / "hift.pt")
+        load_state_dict_strictly(config["hift"], model_dir / "hift.pt", in_place=not upstream_loading)
         model.hift = config["hift"].to(torch_device).eval()
     if "frontend" in parts:
         model.tokenizer = config["get_tokenizer"]()
