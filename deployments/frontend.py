@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+
 import numpy as np
 from ray import serve
 
-from deployments.metrics import StageLoad
+from deployments.metrics import StageLoad, metric
 from deployments.model_stage import load_stage
 from tts_core.settings import Settings
 from tts_core.wire import VoiceFeatures
 from tts_model.frontend import END_OF_PROMPT, TextFrontend, VoiceFeatureExtractor, voice_from_spk2info
+
+#: Uploaded prompts whose features a replica keeps (about 0.1 MB each for a 10 s prompt).
+PROMPT_FEATURE_CACHE_ENTRIES = 256
+
+
+def prompt_key(samples: np.ndarray, sample_rate: int, prompt_text: str | None) -> bytes:
+    """A digest of everything the features of an uploaded prompt depend on."""
+    digest = hashlib.sha256(np.ascontiguousarray(samples).tobytes())
+    digest.update(f"{samples.dtype.str}|{samples.shape}|{sample_rate}|{prompt_text or ''}".encode())
+    return digest.digest()
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16)
@@ -24,6 +37,9 @@ class TextFrontendDeployment:
         self.voices = VoiceFeatureExtractor(self.model)
         self.pretrained = {speaker: voice_from_spk2info(entry)
                            for speaker, entry in self.model.spk2info.items()}
+        # Clients of upstream's API upload the same prompt with every request: its features are
+        # extracted once (the same features: the networks are deterministic), least recently used dropped.
+        self.prompt_features: OrderedDict[bytes, VoiceFeatures] = OrderedDict()
 
     def model_info(self) -> dict:
         return {"model_dir": str(self.model.model_dir), "is_twin": self.is_twin, "sample_rate": self.model.sample_rate}
@@ -47,11 +63,22 @@ class TextFrontendDeployment:
         return self.text.tokenize(instruct_text.strip() + END_OF_PROMPT)
 
     def extract_voice(self, samples: np.ndarray, sample_rate: int, prompt_text: str | None = None) -> VoiceFeatures:
-        """Model features of a prompt recording (any rate; resampled to 16 kHz; 0.5-30 s)."""
+        """Model features of a prompt recording (any rate; resampled to 16 kHz; 0.5-30 s), kept
+        for the next upload of the same recording and transcript."""
+        key = prompt_key(samples, sample_rate, prompt_text)
+        if (features := self.prompt_features.get(key)) is not None:
+            self.prompt_features.move_to_end(key)
+            metric("cosyvoice_prompt_features_total").inc(tags={"source": "cached"})
+            return features
         with self.load:
             speech_16k = self.voices.to_prompt_rate(samples, sample_rate)
             text_tokens = self.text.prompt_tokens(prompt_text) if prompt_text and prompt_text.strip() else []
-            return self.voices.extract(speech_16k, text_tokens)
+            features = self.voices.extract(speech_16k, text_tokens)
+        metric("cosyvoice_prompt_features_total").inc(tags={"source": "extracted"})
+        self.prompt_features[key] = features
+        if len(self.prompt_features) > PROMPT_FEATURE_CACHE_ENTRIES:
+            self.prompt_features.popitem(last=False)
+        return features
 
     def pretrained_voices(self) -> dict[str, VoiceFeatures]:
         return self.pretrained

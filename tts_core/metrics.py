@@ -47,6 +47,9 @@ METRICS = {spec.name: spec for spec in (
                "Streams' flow decoder state dropped before the stream ended, by reason: room (dropped for another "
                "stream's state, least recently used first) or too_large (a state larger than the whole budget). "
                "The stream's next chunk is then a from_start full decode.", ("reason",)),
+    MetricSpec("cosyvoice_prompt_features_total", "counter",
+               "Voice features of uploaded prompts by source: extracted (the front end's networks ran) or cached (the "
+               "same recording and transcript were uploaded before).", ("source",)),
     MetricSpec("cosyvoice_registered_voices", "gauge", "Voices in the registry.", actor=True),
     MetricSpec("cosyvoice_async_tasks", "gauge", "Asynchronous tasks by state.", ("state",), actor=True),
 )}

@@ -1,0 +1,64 @@
+"""The front end's replica keeps the features of uploaded prompts: a client that uploads the same
+recording and transcript with every request (as upstream's API has it do) pays for the extraction
+once, and gets exactly the features a fresh extraction gives."""
+
+from __future__ import annotations
+
+from unittest.mock import patch
+
+import numpy as np
+import pytest
+
+from deployments.frontend import TextFrontendDeployment
+from tts_core.settings import Settings
+from tts_core.wire import VoiceFeatures
+
+
+@pytest.fixture()
+def frontend(tiny_model) -> TextFrontendDeployment:
+    """The deployment's class on the session's tiny model, without Ray."""
+    with patch("deployments.frontend.load_stage", return_value=(tiny_model, True)):
+        return TextFrontendDeployment.func_or_class(Settings())
+
+
+def recording(seconds: float = 3.0, rate: int = 16000, f0: float = 150.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * f0 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+
+
+def same(first: VoiceFeatures, second: VoiceFeatures) -> bool:
+    return all(np.array_equal(getattr(first, name), getattr(second, name))
+               for name in ("speech_token", "speech_feat", "embedding", "prompt_text_token"))
+
+
+def test_a_reuploaded_prompt_is_extracted_once(frontend: TextFrontendDeployment) -> None:
+    samples = recording()
+    with patch.object(frontend.voices, "extract", wraps=frontend.voices.extract) as extract:
+        first = frontend.extract_voice(samples, 16000, "Hello there.")
+        again = frontend.extract_voice(samples.copy(), 16000, "Hello there.")
+        assert extract.call_count == 1
+        assert same(first, again)
+        # A different transcript, recording or rate is another prompt.
+        other_text = frontend.extract_voice(samples, 16000, "Something else entirely.")
+        other_audio = frontend.extract_voice(recording(f0=220.0), 16000, "Hello there.")
+        other_rate = frontend.extract_voice(samples, 22050, "Hello there.")
+        assert extract.call_count == 4
+    assert not np.array_equal(other_text.prompt_text_token, first.prompt_text_token)
+    assert not np.array_equal(other_audio.speech_feat, first.speech_feat)
+    assert other_rate.speech_feat.shape != first.speech_feat.shape
+    # What was kept is what a fresh extraction gives.
+    frontend.prompt_features.clear()
+    assert same(frontend.extract_voice(samples, 16000, "Hello there."), again)
+
+
+def test_bad_prompts_are_refused_every_time_and_the_cache_stays_bounded(frontend: TextFrontendDeployment) -> None:
+    from tts_core.wire import FrontendError
+
+    for _ in range(2):
+        with pytest.raises(FrontendError):
+            frontend.extract_voice(np.zeros(16000, dtype=np.float32), 16000, "Silence.")
+    assert not frontend.prompt_features
+    with patch("deployments.frontend.PROMPT_FEATURE_CACHE_ENTRIES", 2):
+        for f0 in (120.0, 140.0, 160.0):
+            frontend.extract_voice(recording(f0=f0), 16000, "Hello.")
+        assert len(frontend.prompt_features) == 2
