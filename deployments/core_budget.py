@@ -60,10 +60,11 @@ class CoreBudget:
             file.truncate()
             file.write(" ".join(f"{pid}:{threads}" for pid, threads in grants.items()))
 
-    def acquire(self) -> int:
+    def acquire(self, limit: int | None = None) -> int:
+        """Take the cores the others leave free (at least one, at most `limit`)."""
         with self._table() as grants:
             taken = sum(threads for pid, threads in grants.items() if pid != self.pid)
-            grants[self.pid] = max(1, self.cores - taken)
+            grants[self.pid] = max(1, min(self.cores - taken, limit or self.cores))
             return grants[self.pid]
 
     def release(self) -> None:
@@ -71,8 +72,8 @@ class CoreBudget:
             grants.pop(self.pid, None)
 
     @contextlib.contextmanager
-    def forward(self) -> Iterator[int]:
-        threads = self.acquire()
+    def forward(self, limit: int | None = None) -> Iterator[int]:
+        threads = self.acquire(limit)
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         try:

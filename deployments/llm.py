@@ -35,6 +35,8 @@ logger = logging.getLogger("ray.serve")
 
 #: What a sequence's queue receives: (tokens, text tokens fed so far), an error, or None once finished.
 _Item = tuple[list[int], int] | BaseException | None
+#: Sequences from which a one-token decoding step has the arithmetic to use more than one core.
+COMPUTE_BOUND_BATCH = 4
 #: How long one pull from the inbox waits for a message before asking again.
 INBOX_WAIT_S = 30.0
 
@@ -174,7 +176,7 @@ class SpeechTokenLLM:
             ready = [sequence for sequence in self.sequences.values() if self._can_step(sequence)]
             runnable = bool(ready)
             if ready:
-                with forward_pass(self.budget):
+                with forward_pass(self.budget, self._thread_limit(ready)):
                     deliveries += self._step_all(ready)
             deliveries += self._remove_finished()
             if len(self.sequences) != self.load.depth:
@@ -204,6 +206,19 @@ class SpeechTokenLLM:
         except Exception as exc:  # e.g. text the model cannot embed: this sequence alone fails
             state.fail(exc)
             return False
+
+    @staticmethod
+    def _thread_limit(batch: list[_Sequence]) -> int | None:
+        """One core for a step of one-token decodes of a few sequences, the budget's share otherwise.
+
+        Such a step reads every weight of the model for a few multiply-adds each: it is bound by
+        memory bandwidth, and a second thread gains little (about 10% on a quiet two-core machine,
+        nothing or a loss once other processes take a core for moments), while the core it would
+        hold is what the flow decoder, compute-bound, runs faster with. A prefill, or a batch of
+        many sequences, has the arithmetic to use every core.
+        """
+        prefilling = any(sequence.state.cache is None or sequence.state.lm_input.shape[1] != 1 for sequence in batch)
+        return None if prefilling or len(batch) >= COMPUTE_BOUND_BATCH else 1
 
     def _step_all(self, batch: list[_Sequence]) -> list[tuple[asyncio.Queue, _Item]]:
         """One token for every ready sequence; returns what each sequence's queue gets.

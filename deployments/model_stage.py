@@ -67,9 +67,9 @@ def core_budget(settings: Settings) -> CoreBudget | None:
     return None if settings.torch_threads else CoreBudget(settings.app_name)
 
 
-def forward_pass(budget: CoreBudget | None) -> contextlib.AbstractContextManager:
-    """Around one forward pass: its share of the node's cores, or the fixed thread count."""
-    return budget.forward() if budget is not None else contextlib.nullcontext()
+def forward_pass(budget: CoreBudget | None, limit: int | None = None) -> contextlib.AbstractContextManager:
+    """Around one forward pass: its share of the node's cores (at most `limit`), or the fixed thread count."""
+    return budget.forward(limit) if budget is not None else contextlib.nullcontext()
 
 
 class ModelThread:

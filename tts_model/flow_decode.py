@@ -6,6 +6,8 @@ instead of kept on a shared model object, and many requests' decoder passes batc
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,10 +135,16 @@ def _decode(flow: Any, inputs: list[EncodedFlowInput], streaming: bool) -> list[
     x = cfm.rand_noise[:, :, :frames].to(device, dtype).expand(batch, -1, -1)
     t_span = euler_time_span(cfm, device, dtype)
     t, dt = t_span[0], t_span[1] - t_span[0]
+    split = device.type == "cpu" and torch.get_num_threads() >= 2
     for step in range(1, len(t_span)):
-        velocity = cfm.estimator(torch.concat([x, x]), mask, mu, t.expand(2 * batch), spks, cond,
-                                 streaming=streaming)
-        conditioned, unconditioned = velocity.split(batch)
+        if split:
+            conditioned, unconditioned = _guidance_branches_apart(
+                cfm.estimator, [(x, mask[rows], mu[rows], t.expand(batch), spks[rows], cond[rows])
+                                for rows in (slice(0, batch), slice(batch, 2 * batch))], streaming)
+        else:
+            velocity = cfm.estimator(torch.concat([x, x]), mask, mu, t.expand(2 * batch), spks, cond,
+                                     streaming=streaming)
+            conditioned, unconditioned = velocity.split(batch)
         x = x + dt * ((1.0 + cfm.inference_cfg_rate) * conditioned - cfm.inference_cfg_rate * unconditioned)
         t = t + dt
         if step < len(t_span) - 1:
@@ -144,6 +152,38 @@ def _decode(flow: Any, inputs: list[EncodedFlowInput], streaming: bool) -> list[
     mel = x.float().cpu()
     return [mel[row, :, item.first_kept_frame: item.mu.shape[1]].numpy()
             for row, item in enumerate(inputs)]
+
+
+_branch_threads = threading.local()
+_branch_pool: ThreadPoolExecutor | None = None
+
+
+def _guidance_branches_apart(estimator: Any, branches: list[tuple[torch.Tensor, ...]],
+                             streaming: bool) -> list[torch.Tensor]:
+    """The estimator on the conditioned and the unconditioned rows at once, each on its own thread
+    with half of the caller's cores, instead of one pass over both rows on all of them.
+
+    One pass on all cores meets a barrier at the end of every operator (thousands per Euler step):
+    a core that the rest of the node takes for a moment (on a two-core machine, Ray's own processes
+    take about a third of one) stalls every barrier. Two passes side by side share nothing until
+    the step ends, so such a moment delays one branch by itself. Each row's result is the one the
+    joint pass gives, within float rounding.
+    """
+    global _branch_pool
+    if _branch_pool is None:
+        _branch_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="guidance")
+    threads = max(1, torch.get_num_threads() // 2)
+
+    def run(inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        # Thread counts and inference mode are per thread: set in the branch's own.
+        if getattr(_branch_threads, "count", None) != threads:
+            torch.set_num_threads(threads)
+            _branch_threads.count = threads
+        with torch.inference_mode():
+            x, mask, mu, t, spks, cond = inputs
+            return estimator(x, mask, mu, t, spks, cond, streaming=streaming)
+
+    return list(_branch_pool.map(run, branches))
 
 
 def euler_time_span(cfm: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

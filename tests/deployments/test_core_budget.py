@@ -56,3 +56,11 @@ def test_forward_sets_torch_threads_and_releases(budgets) -> None:
         assert other.acquire() == 4
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_limited_forward_pass_leaves_the_rest_to_the_others(budgets) -> None:
+    mine, other = budgets
+    assert mine.acquire(limit=1) == 1
+    assert other.acquire() == 3
+    other.release()
+    assert mine.acquire(limit=8) == 4

@@ -71,7 +71,9 @@ def upstream_flow(flow, request: FlowRequest) -> np.ndarray:
     return mel[0, :, request.token_offset * 2:].numpy()
 
 
-def test_batched_flow_equals_upstream_one_request_at_a_time(tiny_model) -> None:
+@pytest.mark.parametrize("threads", [1, 2], ids=["one_pass", "guidance_branches_apart"])
+def test_batched_flow_equals_upstream_one_request_at_a_time(tiny_model, threads) -> None:
+    """With two threads or more, the conditioned and unconditioned rows run side by side."""
     rng = np.random.default_rng(0)
     voiced, bare = flow_prompts(tiny_model)
     # Whole utterances and streamed chunks of several lengths, with and without a prompt voice.
@@ -80,7 +82,12 @@ def test_batched_flow_equals_upstream_one_request_at_a_time(tiny_model) -> None:
               (78, voiced, 50, True, False)]
     requests = [FlowRequest(rng.integers(0, 6561, n).tolist(), prompt, offset, streaming, finalize)
                 for n, prompt, offset, streaming, finalize in shapes]
-    batched = flow_mel_batch(tiny_model.flow, requests)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        batched = flow_mel_batch(tiny_model.flow, requests)
+    finally:
+        torch.set_num_threads(before)
     for request, mel in zip(requests, batched, strict=True):
         expected = upstream_flow(tiny_model.flow, request)
         assert mel.shape == expected.shape
