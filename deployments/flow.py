@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections import OrderedDict, defaultdict
 from dataclasses import replace
@@ -10,6 +11,7 @@ from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
+import psutil
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 from ray.serve.experimental.consistent_hash_router import ConsistentHashRouter
@@ -20,6 +22,8 @@ from tts_core.settings import Settings
 from tts_core.wire import FlowPrompt
 from tts_model.flow_decode import FlowRequest, flow_mel_batch
 from tts_model.flow_incremental import FlowStreamCache, flow_mel_incremental, prompt_state
+
+logger = logging.getLogger("ray.serve")
 
 #: Keys of voices' shared decoder state in a replica's `StreamCacheStore` (streams' keys are hex).
 PROMPT_KEY_PREFIX = "prompt:"
@@ -78,6 +82,17 @@ STREAM_AFFINITY = RequestRouterConfig(request_router_class=ConsistentHashRouter,
                                       request_router_kwargs={"num_fallback_replicas": 0})
 
 
+def stream_cache_bytes(setting_mb: float | None) -> int:
+    """The streams' state budget: the setting, else a quarter of the node's memory. A real-size
+    fp32 stream of a 3 s prompt and 2 s of speech holds 656 MiB, plus 438 MiB once per voice (README:
+    "What a stream's state costs"): a quarter of 24 GiB holds eight."""
+    if setting_mb is not None:
+        return int(setting_mb * 2**20)
+    budget = psutil.virtual_memory().total // 4
+    logger.info("flow stream state budget: %.0f MiB (a quarter of the node's memory)", budget / 2**20)
+    return budget
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=16,
                   request_router_config=STREAM_AFFINITY)
 class FlowDecoder:
@@ -98,7 +113,7 @@ class FlowDecoder:
     def __init__(self, settings: Settings):
         self.model, _ = load_stage(settings, ["flow"])
         self.worker = ModelThread(core_budget(settings))
-        self.stream_caches = StreamCacheStore(int(settings.flow_stream_cache_mb * 2**20))
+        self.stream_caches = StreamCacheStore(stream_cache_bytes(settings.flow_stream_cache_mb))
         self.incremental_final = settings.flow_stream_final_chunk == "incremental"
         self.load = StageLoad("flow")
         # Streamed chunks by how they were decoded (see `_decode_streamed`), and their decoding seconds.

@@ -54,9 +54,10 @@ class Settings(BaseSettings):
     max_queued_tasks: int = Field(64, ge=1, description="Pending async tasks accepted before submissions get 503.")
     max_running_tasks: int = Field(4, ge=1, description="Async tasks synthesized at the same time.")
     flow_max_batch_size: int = Field(8, ge=1, description="Flow decoder calls batched into one estimator pass.")
-    flow_stream_cache_mb: float = Field(
-        2048.0, ge=0, description="Memory per flow replica for streams' decoder state, so a streamed chunk costs "
-                                  "the same however long the utterance; 0 decodes every chunk from the start.")
+    flow_stream_cache_mb: float | None = Field(
+        None, ge=0, description="Memory per flow replica for streams' decoder state, so a streamed chunk costs "
+                                "the same however long the utterance; 0 decodes every chunk from the start; unset: "
+                                "a quarter of the node's memory.")
     flow_stream_final_chunk: Literal["full", "incremental"] = Field(
         "full", description="How a stream's last flow chunk is decoded: full (over the whole utterance with full "
                             "attention, as upstream does) or incremental (chunk-causally from the stream's kept "
