@@ -175,19 +175,36 @@ def qwen_from_config_only() -> Iterator[None]:
         upstream_llm.Qwen2ForCausalLM = original
 
 
+#: torch's weight initialisers that modules call as they are built (the ones transformers'
+#: `no_init_weights` skips; `zeros_`/`ones_` are cheap and left alone).
+_INITIALISERS = ("uniform_", "normal_", "trunc_normal_", "constant_", "xavier_uniform_", "xavier_normal_",
+                 "kaiming_uniform_", "kaiming_normal_", "uniform", "normal", "xavier_uniform", "xavier_normal",
+                 "kaiming_uniform", "kaiming_normal")
+
+
 @contextlib.contextmanager
-def uninitialised_modules() -> Iterator[None]:
-    """Build every module without initialising its weights, which its checkpoint then overwrites.
+def uninitialised_modules(with_qwen: bool) -> Iterator[None]:
+    """Build modules without initialising their weights, which their checkpoints then overwrite.
 
-    Drawing random values for the LLM's half a billion weights alone takes seconds of start-up;
-    torch's initialisers are skipped (transformers' `no_init_weights`) and Qwen2 is built from
-    its config only (`qwen_from_config_only`). Every weight is then loaded, strictly, so none is
-    left uninitialised.
+    Drawing random values for the LLM's half a billion weights alone takes seconds of start-up, so
+    torch's initialisers do nothing within this context; `with_qwen` (the LLM part) also builds
+    Qwen2 from its config only (`qwen_from_config_only`). Every weight is then loaded, strictly,
+    so none is left uninitialised. transformers is imported only for the LLM: its modelling code
+    pulls in scikit-learn, scipy and sympy, seconds of every other replica's start-up.
     """
-    from transformers.modeling_utils import no_init_weights
+    originals = {name: getattr(torch.nn.init, name) for name in _INITIALISERS if hasattr(torch.nn.init, name)}
 
-    with qwen_from_config_only(), no_init_weights():
-        yield
+    def skip(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return tensor
+
+    for name in originals:
+        setattr(torch.nn.init, name, skip)
+    try:
+        with qwen_from_config_only() if with_qwen else contextlib.nullcontext():
+            yield
+    finally:
+        for name, initialiser in originals.items():
+            setattr(torch.nn.init, name, initialiser)
 
 
 def load_state_dict_strictly(module: torch.nn.Module, path: Path, in_place: bool = True) -> None:
@@ -290,7 +307,7 @@ def load_model(model_dir: str | Path, parts: Iterable[Part] = ALL_PARTS, device:
 
     yaml_text = (model_dir / CONFIG_NAME).read_text(encoding="utf-8")
     sections = [section for part in parts for section in PART_SECTIONS[part]]
-    building = contextlib.nullcontext() if upstream_loading else uninitialised_modules()
+    building = contextlib.nullcontext() if upstream_loading else uninitialised_modules(with_qwen="llm" in parts)
     with building:
         config = load_hyperpyyaml(select_sections(yaml_text, sections),
                                   overrides={"qwen_pretrain_path": str(model_dir / QWEN_DIR_NAME)})
