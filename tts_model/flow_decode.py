@@ -6,7 +6,6 @@ instead of kept on a shared model object, and many requests' decoder passes batc
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -154,7 +153,6 @@ def _decode(flow: Any, inputs: list[EncodedFlowInput], streaming: bool) -> list[
             for row, item in enumerate(inputs)]
 
 
-_branch_threads = threading.local()
 _branch_pool: ThreadPoolExecutor | None = None
 
 
@@ -172,18 +170,21 @@ def _guidance_branches_apart(estimator: Any, branches: list[tuple[torch.Tensor, 
     global _branch_pool
     if _branch_pool is None:
         _branch_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="guidance")
-    threads = max(1, torch.get_num_threads() // 2)
+    caller_threads = torch.get_num_threads()
+    threads = max(1, caller_threads // 2)
 
     def run(inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        # Thread counts and inference mode are per thread: set in the branch's own.
-        if getattr(_branch_threads, "count", None) != threads:
-            torch.set_num_threads(threads)
-            _branch_threads.count = threads
+        # Inference mode is per thread, and so is OpenMP's thread count, but MKL's is the process's:
+        # set on every call, and given back to the caller below.
+        torch.set_num_threads(threads)
         with torch.inference_mode():
             x, mask, mu, t, spks, cond = inputs
             return estimator(x, mask, mu, t, spks, cond, streaming=streaming)
 
-    return list(_branch_pool.map(run, branches))
+    try:
+        return list(_branch_pool.map(run, branches))
+    finally:
+        torch.set_num_threads(caller_threads)
 
 
 def euler_time_span(cfm: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
