@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Iterator, Mapping
 
-#: The stages, in the order a request meets them, with what each covers (the header's `desc`).
+#: The stages, in the order a request meets them, with what each covers.
 STAGES: dict[str, str] = {
     "text": "text normalised and tokenised by the front end",
     "prompt": "voice features: an uploaded prompt's extraction, or a voice's lookup",
