@@ -12,6 +12,7 @@ from ray.serve.experimental.consistent_hash_router import ConsistentHashRouter
 
 from deployments.flow import FlowDecoder
 from deployments.pipeline import SynthesisPipeline, _SegmentStream
+from tts_core.timing import StageTimes
 from tts_core.wire import FlowPrompt
 from tts_model.chunk_schedule import ChunkPlan
 
@@ -52,7 +53,8 @@ class RecordingPipeline:
 
 def decode_chunks(recording: RecordingPipeline, stream: bool, chunks: int) -> None:
     prompt = FlowPrompt(np.zeros(0, np.int32), np.zeros((0, 80), np.float32), np.ones(192, np.float32))
-    segment = _SegmentStream(recording.pipeline, prompt, seed=0, segment=0, segments=1, stream=stream)
+    segment = _SegmentStream(recording.pipeline, prompt, seed=0, segment=0, segments=1, times=StageTimes(),
+                             stream=stream)
     plans = [ChunkPlan(end=25 * (index + 1), token_offset=25 * index, streaming=stream, finalize=index == chunks - 1)
              for index in range(chunks)]
 
