@@ -153,7 +153,8 @@ def _decode(flow: Any, inputs: list[EncodedFlowInput], streaming: bool) -> list[
             for row, item in enumerate(inputs)]
 
 
-_branch_pool: ThreadPoolExecutor | None = None
+#: The two guidance branches' threads (started on first use).
+_BRANCH_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="guidance")
 
 
 def _guidance_branches_apart(estimator: Any, branches: list[tuple[torch.Tensor, ...]],
@@ -167,9 +168,6 @@ def _guidance_branches_apart(estimator: Any, branches: list[tuple[torch.Tensor, 
     the step ends, so such a moment delays one branch by itself. Each row's result is the one the
     joint pass gives, within float rounding.
     """
-    global _branch_pool
-    if _branch_pool is None:
-        _branch_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="guidance")
     caller_threads = torch.get_num_threads()
     threads = max(1, caller_threads // 2)
 
@@ -182,7 +180,7 @@ def _guidance_branches_apart(estimator: Any, branches: list[tuple[torch.Tensor, 
             return estimator(x, mask, mu, t, spks, cond, streaming=streaming)
 
     try:
-        return list(_branch_pool.map(run, branches))
+        return list(_BRANCH_POOL.map(run, branches))
     finally:
         torch.set_num_threads(caller_threads)
 

@@ -192,6 +192,13 @@ def uninitialised_modules(with_qwen: bool) -> Iterator[None]:
     so none is left uninitialised. transformers is imported only for the LLM: its modelling code
     pulls in scikit-learn, scipy and sympy, seconds of every other replica's start-up.
     """
+    if with_qwen:
+        # transformers' switch also skips Qwen2's own initialisation, and the skeleton sees it is on.
+        from transformers.modeling_utils import no_init_weights
+
+        with qwen_from_config_only(), no_init_weights():
+            yield
+        return
     originals = {name: getattr(torch.nn.init, name) for name in _INITIALISERS if hasattr(torch.nn.init, name)}
 
     def skip(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -200,8 +207,7 @@ def uninitialised_modules(with_qwen: bool) -> Iterator[None]:
     for name in originals:
         setattr(torch.nn.init, name, skip)
     try:
-        with qwen_from_config_only() if with_qwen else contextlib.nullcontext():
-            yield
+        yield
     finally:
         for name, initialiser in originals.items():
             setattr(torch.nn.init, name, initialiser)
