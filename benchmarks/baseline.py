@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.memory import RssSampler, own_process, pss_snapshot
+from benchmarks.memory import UsageSampler, own_process, pss_snapshot
 from benchmarks.workload import BenchRequest, LevelRun, RequestResult, Speaker, build_workload, warmup_request
 
 logger = logging.getLogger(__name__)
@@ -212,12 +212,13 @@ class UpstreamServer:
 def run_level(server: UpstreamServer, mode: str, concurrency: int, requests: list[BenchRequest]) -> LevelRun:
     """`concurrency` threads, each taking the next request as soon as its last one finished."""
     stream = mode == "stream"
-    with RssSampler(own_process) as rss:
+    with UsageSampler(own_process) as usage:
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="request") as pool:
             results = list(pool.map(lambda request: server.request(request, stream), requests))
         wall = time.perf_counter() - started
-    return LevelRun(mode=mode, concurrency=concurrency, wall_s=wall, results=results, peak_rss_bytes=rss.peak_bytes)
+    return LevelRun(mode=mode, concurrency=concurrency, wall_s=wall, results=results,
+                    peak_rss_bytes=usage.peak_bytes, cpu_s=usage.cpu_seconds)
 
 
 def run(plan: BaselinePlan) -> dict[str, Any]:

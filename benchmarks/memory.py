@@ -1,5 +1,5 @@
-"""The memory of a set of processes: peak RSS sampled while a benchmark level runs, and PSS per
-process at chosen moments."""
+"""What a set of processes uses: peak RSS and CPU time sampled while a benchmark level runs, and
+PSS per process at chosen moments."""
 
 from __future__ import annotations
 
@@ -13,13 +13,16 @@ from typing import Any
 import psutil
 
 
-class RssSampler:
-    """Samples the summed RSS of the processes `find` returns, on a background thread.
+class UsageSampler:
+    """Samples the summed RSS of the processes `find` returns, on a background thread, and counts
+    the CPU seconds they spend between entering and leaving.
 
     The service spreads over many Ray processes whose individual peaks need not coincide; what
     capacity planning needs is the peak of their sum, hence sampling rather than each process's
     own high-water mark. Listing processes walks /proc, which costs CPU the benchmark is
-    measuring, so the list is refreshed less often than memory is read.
+    measuring, so the list (and each process's CPU time) is refreshed less often than memory is
+    read. A process that starts during the level counts from zero; one that ends counts up to
+    its last reading.
     """
 
     def __init__(self, find: Callable[[], list[psutil.Process]], interval_s: float = 0.1, refresh_s: float = 2.0):
@@ -27,13 +30,23 @@ class RssSampler:
         self.peak_bytes = 0
         self._processes: list[psutil.Process] = []
         self._listed_at = float("-inf")
+        #: Per process: CPU seconds when first read (0 for one started after entering), and last read.
+        self._cpu_first: dict[psutil.Process, float] = {}
+        self._cpu_last: dict[psutil.Process, float] = {}
+        self._entered = False
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="usage-sampler", daemon=True)
+
+    @property
+    def cpu_seconds(self) -> float:
+        """User and system CPU seconds of every process seen, since entering."""
+        return sum(last - self._cpu_first[process] for process, last in self._cpu_last.items())
 
     def sample(self) -> int:
         now = time.monotonic()
         if now - self._listed_at >= self.refresh_s:
             self._processes, self._listed_at = self.find(), now
+            self._read_cpu()
         total = 0
         for process in self._processes:
             try:
@@ -43,12 +56,23 @@ class RssSampler:
         self.peak_bytes = max(self.peak_bytes, total)
         return total
 
+    def _read_cpu(self) -> None:
+        for process in self._processes:
+            try:
+                times = process.cpu_times()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            seconds = times.user + times.system
+            self._cpu_first.setdefault(process, seconds if not self._entered else 0.0)
+            self._cpu_last[process] = seconds
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             self.sample()
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> UsageSampler:
         self.sample()
+        self._entered = True
         self._thread.start()
         return self
 
@@ -56,6 +80,7 @@ class RssSampler:
                  traceback: TracebackType | None) -> None:
         self._stop.set()
         self._thread.join()
+        self._listed_at = float("-inf")  # a last full reading: every process's CPU time up to now
         self.sample()
 
 

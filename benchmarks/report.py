@@ -65,7 +65,7 @@ def format_table(report: dict[str, Any]) -> str:
     """Per mode and concurrency: each side and the service's ratios to it, one line each; then
     start-up, memory and overhead."""
     header = (f"{'mode':<7}{'conc':>5}  {'side':<11}{'req':>5}{'err':>5}{'audio s':>9}{'audio-s/s':>11}{'ttfa p50':>10}"
-              f"{'ttfa p95':>10}{'rtf':>8}{'rss MB':>9}")
+              f"{'ttfa p95':>10}{'rtf':>8}{'rss MB':>9}{'cpu/aud':>9}{'cores':>7}")
     lines = [f"model {report['model']} ({report['dtype']}), {report.get('workload', 'sft')} workload, "
              f"{report.get('cpus')} CPUs, load average {report.get('load_avg')} (start, end)",
              header, "-" * len(header)]
@@ -77,7 +77,8 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(f"{entry['mode']:<7}{entry['concurrency']:>5}  {side:<11}{figures['requests']:>5}"
                          f"{figures['errors']:>5}{_cell(figures['audio_s'], 2):>9}{_cell(figures['throughput'], 3):>11}"
                          f"{_cell(figures['ttfa_p50_ms']):>10}{_cell(figures['ttfa_p95_ms']):>10}"
-                         f"{_cell(figures['rtf'], 3):>8}{_cell(figures['peak_rss_mb'], 0):>9}")
+                         f"{_cell(figures['rtf'], 3):>8}{_cell(figures['peak_rss_mb'], 0):>9}"
+                         f"{_cell(figures.get('cpu_per_audio_s'), 2):>9}{_cell(figures.get('cores_busy'), 2):>7}")
         if (flow := entry["service"].get("flow")) is not None:
             lines.append(f"{entry['mode']:<7}{entry['concurrency']:>5}  flow chunks {sum(flow['chunks'].values())} "
                          f"{flow['chunks']}: per 100, {_cell(flow['fallbacks_per_100_chunks'])} full-decode "
@@ -91,10 +92,12 @@ def format_table(report: dict[str, Any]) -> str:
             if (r := entry.get(key)) is not None:
                 lines.append(f"{entry['mode']:<7}{entry['concurrency']:>5}  {label:<11}{'':>19}"
                              f"{_cell(r['throughput'], 2):>11}{_cell(r['ttfa_p50'], 2):>10}{'':>10}"
-                             f"{_cell(r['rtf'], 2):>8}{_cell(r['peak_rss'], 2):>9}")
+                             f"{_cell(r['rtf'], 2):>8}{_cell(r['peak_rss'], 2):>9}"
+                             f"{_cell(r.get('cpu_per_audio_s'), 2):>9}")
     lines.append("ttfa in ms; whole mode: ttfa = full response time (upstream protocol: first PCM byte); "
                  "ratio = service / baseline, / compare = service / compared server; "
-                 "rss: peak of the summed RSS (service: all its Ray processes)")
+                 "rss: peak of the summed RSS (service: all its Ray processes); cpu/aud: CPU seconds per second "
+                 "of audio, cores: CPU seconds per wall second, of the same processes")
     lines.extend(_startup_lines(report.get("startup") or {}))
     lines.extend(_memory_lines(report.get("memory") or {}))
     if (details := report.get("overhead")) is not None:

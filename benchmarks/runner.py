@@ -177,7 +177,7 @@ async def drive(base_url: str, protocol: ServerProtocol, options: BenchOptions,
 
     from benchmarks.clients import REQUEST_TIMEOUT, run_level, wait_ready
     from benchmarks.flow_metrics import difference, settled_counters
-    from benchmarks.memory import RssSampler, pss_snapshot
+    from benchmarks.memory import UsageSampler, pss_snapshot
 
     await wait_ready(base_url, protocol)
     speaker = await speaker_for(base_url, protocol, options)
@@ -198,12 +198,13 @@ async def drive(base_url: str, protocol: ServerProtocol, options: BenchOptions,
             continue
         counted = metrics_url is not None and mode == "stream"
         before = await settled_counters(metrics_url, export_interval_s) if counted else None
-        sampler = RssSampler(processes) if processes is not None else None
+        sampler = UsageSampler(processes) if processes is not None else None
         with sampler if sampler is not None else contextlib.nullcontext():
             results, wall = await run_level(base_url, protocol, build_workload(count, options.seed), concurrency,
                                             mode == "stream", speaker)
         runs.append(LevelRun(mode=mode, concurrency=concurrency, wall_s=wall, results=results,
                              peak_rss_bytes=sampler.peak_bytes if sampler is not None else None,
+                             cpu_s=sampler.cpu_seconds if sampler is not None else None,
                              flow_counts=difference(await settled_counters(metrics_url, export_interval_s), before)
                              if counted else None))
         failed = sum(not result.ok for result in results)

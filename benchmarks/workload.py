@@ -113,6 +113,8 @@ class LevelRun:
     results: list[RequestResult] = field(default_factory=list)
     #: Peak of the summed RSS of the side's processes during the run (None: not measurable).
     peak_rss_bytes: int | None = None
+    #: CPU seconds the side's processes spent during the run (None: not measurable).
+    cpu_s: float | None = None
     #: The flow's streamed-chunk and eviction counters over the run (`benchmarks.flow_metrics`;
     #: None: not measured).
     flow_counts: dict[str, dict[str, float]] | None = None
@@ -124,7 +126,8 @@ class LevelRun:
     def from_dict(cls, data: dict[str, Any]) -> LevelRun:
         results = [RequestResult(**result) for result in data.get("results", [])]
         return cls(mode=data["mode"], concurrency=data["concurrency"], wall_s=data["wall_s"], results=results,
-                   peak_rss_bytes=data.get("peak_rss_bytes"), flow_counts=data.get("flow_counts"))
+                   peak_rss_bytes=data.get("peak_rss_bytes"), cpu_s=data.get("cpu_s"),
+                   flow_counts=data.get("flow_counts"))
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -146,7 +149,9 @@ def summarize(run: LevelRun) -> dict[str, Any]:
     """The reported figures of one run.
 
     throughput: seconds of audio produced per second of wall time over the whole run;
-    rtf: median over requests of processing time / audio seconds (below 1 is faster than real time).
+    rtf: median over requests of processing time / audio seconds (below 1 is faster than real time);
+    cpu_per_audio_s: CPU seconds of the side's processes per second of audio; cores_busy: their CPU
+    seconds per wall second.
     """
     ok = [result for result in run.results if result.ok]
     audio_s = sum(result.audio_s for result in ok)
@@ -166,6 +171,9 @@ def summarize(run: LevelRun) -> dict[str, Any]:
         "latency_p50_ms": _ms(percentile([result.latency_s for result in ok], 50)),
         "rtf": round(statistics.median(rtf), 4) if rtf else None,
         "peak_rss_mb": None if run.peak_rss_bytes is None else round(run.peak_rss_bytes / 2**20, 1),
+        "cpu_s": None if run.cpu_s is None else round(run.cpu_s, 2),
+        "cpu_per_audio_s": round(run.cpu_s / audio_s, 2) if run.cpu_s is not None and audio_s > 0 else None,
+        "cores_busy": round(run.cpu_s / run.wall_s, 2) if run.cpu_s is not None and run.wall_s > 0 else None,
         "first_error": errors[0] if errors else None,
         "flow": None if run.flow_counts is None else flow_figures(run.flow_counts),
         # Where the time to first audio went (whole mode: the whole request's), per stage.
@@ -176,7 +184,7 @@ def summarize(run: LevelRun) -> dict[str, Any]:
 
 def ratio(service: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float | None]:
     """service / baseline for each compared figure (throughput: above 1 is better for the service;
-    ttfa, rtf and memory: below 1 is)."""
+    ttfa, rtf, memory and CPU per audio second: below 1 is)."""
     def divide(key: str) -> float | None:
         numerator, denominator = service.get(key), baseline.get(key)
         if numerator is None or not denominator:
@@ -184,4 +192,4 @@ def ratio(service: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float 
         return round(numerator / denominator, 3)
 
     return {"throughput": divide("throughput"), "ttfa_p50": divide("ttfa_p50_ms"), "rtf": divide("rtf"),
-            "peak_rss": divide("peak_rss_mb")}
+            "peak_rss": divide("peak_rss_mb"), "cpu_per_audio_s": divide("cpu_per_audio_s")}

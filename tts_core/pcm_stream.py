@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import signal
 
 from tts_core.audio import AudioError, pcm16_bytes
 from tts_core.stream_encoding import OUTPUT_FORMATS, StreamEncoder
@@ -37,6 +36,11 @@ class StreamResampler:
     """
 
     def __init__(self, source_rate: int, target_rate: int):
+        # Imported here: scipy.signal costs the ingress over a second of CPU at start-up, and only
+        # a stream resampled to 16 or 8 kHz needs it.
+        from scipy import signal
+
+        self.lfilter = signal.lfilter
         divisor = math.gcd(source_rate, target_rate)
         self.up, self.down = target_rate // divisor, source_rate // divisor
         taps = 2 * _FILTER_HALF_TAPS * max(self.up, self.down) + 1
@@ -58,7 +62,7 @@ class StreamResampler:
     def _filter(self, samples: np.ndarray, limit: int | None = None) -> np.ndarray:
         upsampled = np.zeros(len(samples) * self.up)
         upsampled[::self.up] = samples
-        filtered, self.state = signal.lfilter(self.taps, 1.0, upsampled, zi=self.state)
+        filtered, self.state = self.lfilter(self.taps, 1.0, upsampled, zi=self.state)
         start, self.position = self.position, self.position + len(filtered)
         # Output k is the filtered sample at delay + k * down.
         following = self.delay + self.emitted * self.down

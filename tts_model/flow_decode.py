@@ -6,8 +6,10 @@ instead of kept on a shared model object, and many requests' decoder passes batc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -134,15 +136,15 @@ def _decode(flow: Any, inputs: list[EncodedFlowInput], streaming: bool) -> list[
     x = cfm.rand_noise[:, :, :frames].to(device, dtype).expand(batch, -1, -1)
     t_span = euler_time_span(cfm, device, dtype)
     t, dt = t_span[0], t_span[1] - t_span[0]
-    split = device.type == "cpu" and torch.get_num_threads() >= 2
+    split = guidance_branches_apart_pays(device)
+    estimator = partial(cfm.estimator, streaming=streaming)
     for step in range(1, len(t_span)):
         if split:
-            conditioned, unconditioned = _guidance_branches_apart(
-                cfm.estimator, [(x, mask[rows], mu[rows], t.expand(batch), spks[rows], cond[rows])
-                                for rows in (slice(0, batch), slice(batch, 2 * batch))], streaming)
+            conditioned, unconditioned = guidance_branches_apart(
+                estimator, [(x, mask[rows], mu[rows], t.expand(batch), spks[rows], cond[rows])
+                            for rows in (slice(0, batch), slice(batch, 2 * batch))])
         else:
-            velocity = cfm.estimator(torch.concat([x, x]), mask, mu, t.expand(2 * batch), spks, cond,
-                                     streaming=streaming)
+            velocity = estimator(torch.concat([x, x]), mask, mu, t.expand(2 * batch), spks, cond)
             conditioned, unconditioned = velocity.split(batch)
         x = x + dt * ((1.0 + cfm.inference_cfg_rate) * conditioned - cfm.inference_cfg_rate * unconditioned)
         t = t + dt
@@ -157,30 +159,35 @@ def _decode(flow: Any, inputs: list[EncodedFlowInput], streaming: bool) -> list[
 _BRANCH_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="guidance")
 
 
-def _guidance_branches_apart(estimator: Any, branches: list[tuple[torch.Tensor, ...]],
-                             streaming: bool) -> list[torch.Tensor]:
-    """The estimator on the conditioned and the unconditioned rows at once, each on its own thread
-    with half of the caller's cores, instead of one pass over both rows on all of them.
+def guidance_branches_apart_pays(device: torch.device) -> bool:
+    """Whether `guidance_branches_apart` is the faster way here: on a CPU with two threads or more."""
+    return device.type == "cpu" and torch.get_num_threads() >= 2
+
+
+def guidance_branches_apart(branch: Callable[..., torch.Tensor],
+                            arguments: list[tuple[Any, ...]]) -> list[torch.Tensor]:
+    """`branch(*arguments[0])` (the conditioned rows) and `branch(*arguments[1])` (the
+    unconditioned ones) at once, each on its own thread with half of the caller's cores, instead of
+    one pass over both on all of them.
 
     One pass on all cores meets a barrier at the end of every operator (thousands per Euler step):
     a core that the rest of the node takes for a moment (on a two-core machine, Ray's own processes
-    take about a third of one) stalls every barrier. Two passes side by side share nothing until
-    the step ends, so such a moment delays one branch by itself. Each row's result is the one the
-    joint pass gives, within float rounding.
+    take about a third of one) stalls every barrier, and small operators scale poorly anyway. Two
+    passes side by side share nothing until the step ends, so such a moment delays one branch by
+    itself. Each row's result is the one the joint pass gives, within float rounding.
     """
     caller_threads = torch.get_num_threads()
     threads = max(1, caller_threads // 2)
 
-    def run(inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def run(branch_arguments: tuple[Any, ...]) -> torch.Tensor:
         # Inference mode is per thread, and so is OpenMP's thread count, but MKL's is the process's:
         # set on every call, and given back to the caller below.
         torch.set_num_threads(threads)
         with torch.inference_mode():
-            x, mask, mu, t, spks, cond = inputs
-            return estimator(x, mask, mu, t, spks, cond, streaming=streaming)
+            return branch(*branch_arguments)
 
     try:
-        return list(_BRANCH_POOL.map(run, branches))
+        return list(_BRANCH_POOL.map(run, arguments))
     finally:
         torch.set_num_threads(caller_threads)
 

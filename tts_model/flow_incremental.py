@@ -38,7 +38,14 @@ import torch
 import torch.nn.functional as F
 
 from tts_core.wire import FlowPrompt
-from tts_model.flow_decode import FLOW_TIMESTEPS, FlowRequest, encode_flow_input, euler_time_span
+from tts_model.flow_decode import (
+    FLOW_TIMESTEPS,
+    FlowRequest,
+    encode_flow_input,
+    euler_time_span,
+    guidance_branches_apart,
+    guidance_branches_apart_pays,
+)
 
 
 @dataclass
@@ -106,13 +113,16 @@ class _StepState:
     calls them, so the walk below needs no names for them.
     """
 
-    def __init__(self, first: int, keep_until: int, attn_mask: torch.Tensor, cache: FlowStreamCache, step: int):
+    def __init__(self, first: int, keep_until: int, attn_mask: torch.Tensor, cache: FlowStreamCache, step: int,
+                 rows: slice = slice(None)):
+        """`rows`: the CFG rows this pass computes (both, or one guidance branch)."""
         self.first, self.keep_until, self.attn_mask, self.base = first, keep_until, attn_mask, cache.base
-        #: This step's key and value buffers, [blocks, 2, heads, capacity, head dim]: written in place.
-        self.keys, self.values = cache.key_buffer[step], cache.value_buffer[step]
-        self.tails = [tail[step] for tail in cache.conv_tails]
-        #: The shared prefix's keys and values of this step, [blocks, 2, heads, base, head dim].
-        self.prefix = (cache.prefix.keys[step], cache.prefix.values[step]) if cache.prefix is not None else None
+        #: This step's key and value buffers, [blocks, rows, heads, capacity, head dim]: written in place.
+        self.keys, self.values = cache.key_buffer[step][:, rows], cache.value_buffer[step][:, rows]
+        self.tails = [tail[step][rows] for tail in cache.conv_tails]
+        #: The shared prefix's keys and values of this step, [blocks, rows, heads, base, head dim].
+        self.prefix = ((cache.prefix.keys[step][:, rows], cache.prefix.values[step][:, rows])
+                       if cache.prefix is not None else None)
         self.blocks_done = 0
         self.new_tails: list[torch.Tensor] = []
 
@@ -327,17 +337,27 @@ def _advance(flow: Any, cache: FlowStreamCache, mu: torch.Tensor, spks: torch.Te
     t_span = euler_time_span(flow.decoder, device, dtype)
     t, dt = t_span[0].unsqueeze(0), t_span[1] - t_span[0]
     cfg_rate = flow.decoder.inference_cfg_rate
-    states = []
+    split = guidance_branches_apart_pays(device)
+    branches = (slice(0, 1), slice(1, 2)) if split else (slice(None),)
+    # Per Euler step, per pass (both CFG rows, or each guidance branch): the convolutions' new tails.
+    new_tails: list[list[list[torch.Tensor]]] = []
     for step in range(1, FLOW_TIMESTEPS + 1):
-        state = _StepState(first, keep_until, attn_mask, cache, step - 1)
-        dphi = _estimate(state, estimator, torch.cat([x, x]), mu_in, t.expand(2), spks_in, cond_in)
-        states.append(state)
-        dphi_cond, dphi_uncond = dphi.split(1)
+        states = [_StepState(first, keep_until, attn_mask, cache, step - 1, rows) for rows in branches]
+        if split:
+            dphi_cond, dphi_uncond = guidance_branches_apart(
+                lambda state, *inputs: _estimate(state, estimator, *inputs),
+                [(state, x, mu_in[rows], t, spks_in[rows], cond_in[rows]) for state, rows in zip(states, branches,
+                                                                                                strict=True)])
+        else:
+            dphi_cond, dphi_uncond = _estimate(states[0], estimator, torch.cat([x, x]), mu_in, t.expand(2), spks_in,
+                                               cond_in).split(1)
+        new_tails.append([state.new_tails for state in states])
         x = x + dt * ((1.0 + cfg_rate) * dphi_cond - cfg_rate * dphi_uncond)
         t = t + dt
         if step < FLOW_TIMESTEPS:
             dt = t_span[step + 1] - t
 
     cache.frames = keep_until
-    cache.conv_tails = [torch.stack([state.new_tails[i] for state in states]) for i in range(len(cache.conv_tails))]
+    cache.conv_tails = [torch.stack([torch.cat([tails[conv] for tails in passes]) for passes in new_tails])
+                        for conv in range(len(cache.conv_tails))]
     return x

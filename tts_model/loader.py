@@ -52,6 +52,12 @@ OTHER_GENERATIONS = {
     "cosyvoice.flow.flow.MaskedDiffWithXvec": "CosyVoice1 (CosyVoice-300M)",
 }
 
+#: transformers' flags for optional packages whose features serving never uses: scikit-learn (the
+#: thresholds of assisted generation) and scipy (object-detection losses). Where they are installed
+#: (librosa brings both), transformers imports them with Qwen2 and AutoTokenizer: about 1.7 s of CPU
+#: in each replica that loads transformers, and the replicas load at once.
+UNUSED_TRANSFORMERS_EXTRAS = ("_sklearn_available", "_scipy_available")
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -143,6 +149,18 @@ def select_sections(yaml_text: str, sections: Iterable[str]) -> str:
     return "".join(kept)
 
 
+def skip_unused_transformers_extras() -> None:
+    """Tell transformers that the packages of `UNUSED_TRANSFORMERS_EXTRAS` are absent, before any
+    of its modelling or tokenizer code is imported (the LLM, the front end's tokenizer, and the
+    flow, whose upstream modules import the LLM's)."""
+    from transformers.utils import import_utils
+
+    for flag in UNUSED_TRANSFORMERS_EXTRAS:
+        if not hasattr(import_utils, flag):
+            raise RuntimeError(f"transformers has no {flag}: review UNUSED_TRANSFORMERS_EXTRAS for this version")
+        setattr(import_utils, flag, False)
+
+
 @contextlib.contextmanager
 def qwen_from_config_only() -> Iterator[None]:
     """Build `Qwen2Encoder`'s Qwen2 skeleton from its config instead of loading its weights.
@@ -189,8 +207,7 @@ def uninitialised_modules(with_qwen: bool) -> Iterator[None]:
     Drawing random values for the LLM's half a billion weights alone takes seconds of start-up, so
     torch's initialisers do nothing within this context; `with_qwen` (the LLM part) also builds
     Qwen2 from its config only (`qwen_from_config_only`). Every weight is then loaded, strictly,
-    so none is left uninitialised. transformers is imported only for the LLM: its modelling code
-    pulls in scikit-learn, scipy and sympy, seconds of every other replica's start-up.
+    so none is left uninitialised.
     """
     if with_qwen:
         # transformers' switch also skips Qwen2's own initialisation, and the skeleton sees it is on.
@@ -311,6 +328,8 @@ def load_model(model_dir: str | Path, parts: Iterable[Part] = ALL_PARTS, device:
     check_files(model_dir, parts)
     torch_dtype = DTYPES[dtype]
 
+    if not upstream_loading and set(parts) - {"hift"}:  # the vocoder's modules alone do not import transformers
+        skip_unused_transformers_extras()
     yaml_text = (model_dir / CONFIG_NAME).read_text(encoding="utf-8")
     sections = [section for part in parts for section in PART_SECTIONS[part]]
     building = contextlib.nullcontext() if upstream_loading else uninitialised_modules(with_qwen="llm" in parts)

@@ -40,11 +40,12 @@ class ServiceState:
 
     @classmethod
     async def create(cls, settings: Settings, frontend: Any, pipeline: Any) -> ServiceState:
-        model_info, pretrained = await asyncio.gather(frontend.model_info.remote(),
-                                                      frontend.pretrained_voices.remote())
-        store = await voice_store_actor(settings.voice_store_uri, settings.app_name)
+        # The actors start while the front end is still loading: each is a process of its own, with
+        # seconds of start-up that would otherwise come after the front end's.
         manager = task_manager_actor(settings)
-        await manager.ready.remote()
+        model_info, pretrained, store, _ = await asyncio.gather(
+            frontend.model_info.remote(), frontend.pretrained_voices.remote(),
+            voice_store_actor(settings.voice_store_uri, settings.app_name), manager.ready.remote())
         return cls(settings, frontend, pipeline, store, manager, model_info, pretrained)
 
     async def _ping(self, name: str, call: Any) -> bool:

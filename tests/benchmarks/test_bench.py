@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +12,12 @@ from types import SimpleNamespace
 from typing import Annotated
 
 import numpy as np
+import psutil
 import pytest
 from fastapi import FastAPI, File, Form, UploadFile
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
+from benchmarks.memory import UsageSampler
 from benchmarks.report import compose, format_table, overhead
 from benchmarks.workload import SENTENCES, LevelRun, RequestResult, build_workload, percentile, summarize
 from tts_core.audio import decode_audio
@@ -39,7 +42,8 @@ def level(mode: str, concurrency: int, latencies: list[float], audio: float = 2.
     results = [RequestResult(index=i, latency_s=latency, ttfa_s=latency / 2, audio_s=audio)
                for i, latency in enumerate(latencies)]
     results += [RequestResult(index=len(results) + i, latency_s=0.1, error="boom") for i in range(failed)]
-    return LevelRun(mode=mode, concurrency=concurrency, wall_s=wall, results=results, peak_rss_bytes=2**30)
+    return LevelRun(mode=mode, concurrency=concurrency, wall_s=wall, results=results, peak_rss_bytes=2**30,
+                    cpu_s=12.0)
 
 
 def test_summary_counts_only_successful_audio() -> None:
@@ -47,6 +51,7 @@ def test_summary_counts_only_successful_audio() -> None:
     assert figures["requests"] == 4 and figures["errors"] == 1 and figures["first_error"] == "boom"
     assert figures["audio_s"] == 6.0 and figures["throughput"] == 1.5
     assert figures["ttfa_p50_ms"] == 1000.0 and figures["rtf"] == 1.0 and figures["peak_rss_mb"] == 1024.0
+    assert figures["cpu_per_audio_s"] == 2.0 and figures["cores_busy"] == 3.0
 
 
 def test_report_pairs_sides_and_overhead() -> None:
@@ -56,6 +61,7 @@ def test_report_pairs_sides_and_overhead() -> None:
     report = compose({"model": "m", "dtype": "fp32"}, service, baseline, pairs)
     first, second = report["results"]
     assert first["ratio"]["throughput"] == 2.0 and first["ratio"]["ttfa_p50"] == 0.5
+    assert first["ratio"]["cpu_per_audio_s"] == 1.0
     assert second["baseline"] is None and second["ratio"] is None
     assert report["overhead_ms"] == pytest.approx(10.0) and report["overhead"]["same_audio"] is True
     assert "overhead per request" in format_table(report)
@@ -146,6 +152,7 @@ def test_quick_bench_ends_with_its_json_report(tiny_model_dir: Path, tmp_path: P
             figures = entry[side]
             assert figures["throughput"] > 0 and figures["ttfa_p50_ms"] > 0 and figures["ttfa_p95_ms"] > 0
             assert figures["rtf"] > 0 and figures["peak_rss_mb"] > 0
+            assert figures["cpu_per_audio_s"] > 0 and 0 < figures["cores_busy"] <= os.cpu_count() * 1.1
         assert entry["ratio"]["throughput"] > 0
     assert isinstance(report["overhead_ms"], float)
     assert report["overhead"]["same_audio"] is True
@@ -258,6 +265,16 @@ def test_replica_startup_from_serve_logs(tmp_path: Path) -> None:
     [row] = replica_startup(tmp_path, started_at, {})
     assert row["process_start_s"] == 0.0 and row["imports_s"] == 10.25
     assert replica_startup(tmp_path / "missing", started_at, {}) == []
+
+
+def test_usage_sampler_counts_cpu_of_processes_started_during_the_level() -> None:
+    """A child that spins for a second while the level runs, started after it began, counts in full;
+    a parent that only waits counts next to nothing."""
+    parent = psutil.Process()
+    with UsageSampler(lambda: [parent, *parent.children(recursive=True)], refresh_s=0.2) as usage:
+        subprocess.run([sys.executable, "-c", "import time\nend = time.process_time() + 1.0\n"
+                        "while time.process_time() < end: pass\ntime.sleep(0.6)"], check=True)
+    assert 0.9 <= usage.cpu_seconds <= 1.6
 
 
 def test_pss_snapshot_labels_each_process() -> None:

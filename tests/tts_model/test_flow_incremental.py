@@ -56,8 +56,17 @@ def compare_stream(tiny_model, prompt: FlowPrompt, restart_at: int | None = None
     return frames, cache
 
 
+@pytest.fixture(params=[1, 2], ids=["one_pass", "guidance_branches_apart"])
+def torch_threads(request):
+    """With two threads or more, the conditioned and unconditioned rows run side by side."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("prompt_of", [voice_prompt, empty_prompt], ids=["voice_prompt", "empty_prompt"])
-def test_every_chunk_matches_full_recompute(tiny_model, prompt_of) -> None:
+def test_every_chunk_matches_full_recompute(tiny_model, prompt_of, torch_threads) -> None:
     prompt = prompt_of(tiny_model)
     frames, cache = compare_stream(tiny_model, prompt)
     param = next(tiny_model.flow.parameters())
@@ -90,7 +99,7 @@ def long_prompt(tiny_model, tokens: int = 75) -> FlowPrompt:
                       rng.standard_normal((2 * tokens, 80)).astype(np.float32), voice.embedding)
 
 
-def test_streams_of_one_voice_start_from_its_shared_prompt_state(tiny_model) -> None:
+def test_streams_of_one_voice_start_from_its_shared_prompt_state(tiny_model, torch_threads) -> None:
     """The prompt's whole attention chunks that end a lookahead before the prompt does (75 - 3
     tokens: 2 chunks, 100 frames) are decoded once; streams of other tokens start from them,
     restarted ones too, and every chunk still matches the full recompute."""
@@ -167,7 +176,7 @@ def decode_stream(tiny_model, prompt: FlowPrompt, tokens: list[int], incremental
 
 
 @pytest.mark.parametrize("prompt_of", [voice_prompt, empty_prompt], ids=["voice_prompt", "empty_prompt"])
-def test_final_chunk_decoded_incrementally(tiny_model, prompt_of) -> None:
+def test_final_chunk_decoded_incrementally(tiny_model, prompt_of, torch_threads) -> None:
     """Both ways of decoding a stream's last chunk give every token its mel frames; the incremental
     one equals the chunk-causal full recompute, and the chunks before it are the same either way."""
     prompt = prompt_of(tiny_model)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,15 @@ def test_loads_every_part_of_the_twin(tiny_model) -> None:
 def test_loads_only_the_parts_asked_for(tiny_model_dir: Path) -> None:
     model = load_model(tiny_model_dir, parts=["hift"])
     assert model.hift is not None and model.llm is None and model.flow is None and model.tokenizer is None
+
+
+def test_a_replica_loads_no_package_it_does_not_use(tiny_model_dir: Path) -> None:
+    """transformers' optional scikit-learn and scipy integrations cost every replica that loads it
+    (LLM, front end, flow) seconds of start-up; serving uses neither, so neither is imported."""
+    script = (f"import sys\nfrom tts_model.loader import load_model\nload_model({str(tiny_model_dir)!r}, "
+              "parts=['llm', 'frontend', 'flow'])\nprint('sklearn' in sys.modules)")
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
+    assert completed.stdout.split()[-1] == "False"
 
 
 def test_state_dicts_are_the_files(tiny_model, tiny_model_dir: Path) -> None:
