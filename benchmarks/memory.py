@@ -30,17 +30,16 @@ class UsageSampler:
         self.peak_bytes = 0
         self._processes: list[psutil.Process] = []
         self._listed_at = float("-inf")
-        #: Per process: CPU seconds when first read (0 for one started after entering), and last read.
+        #: Per process: CPU seconds when the level began (absent: started since), and at its last reading.
         self._cpu_first: dict[psutil.Process, float] = {}
         self._cpu_last: dict[psutil.Process, float] = {}
-        self._entered = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="usage-sampler", daemon=True)
 
     @property
     def cpu_seconds(self) -> float:
         """User and system CPU seconds of every process seen, since entering."""
-        return sum(last - self._cpu_first[process] for process, last in self._cpu_last.items())
+        return sum(last - self._cpu_first.get(process, 0.0) for process, last in self._cpu_last.items())
 
     def sample(self) -> int:
         now = time.monotonic()
@@ -62,9 +61,7 @@ class UsageSampler:
                 times = process.cpu_times()
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-            seconds = times.user + times.system
-            self._cpu_first.setdefault(process, seconds if not self._entered else 0.0)
-            self._cpu_last[process] = seconds
+            self._cpu_last[process] = times.user + times.system
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -72,7 +69,7 @@ class UsageSampler:
 
     def __enter__(self) -> UsageSampler:
         self.sample()
-        self._entered = True
+        self._cpu_first = dict(self._cpu_last)
         self._thread.start()
         return self
 

@@ -78,7 +78,7 @@ def format_table(report: dict[str, Any]) -> str:
                          f"{figures['errors']:>5}{_cell(figures['audio_s'], 2):>9}{_cell(figures['throughput'], 3):>11}"
                          f"{_cell(figures['ttfa_p50_ms']):>10}{_cell(figures['ttfa_p95_ms']):>10}"
                          f"{_cell(figures['rtf'], 3):>8}{_cell(figures['peak_rss_mb'], 0):>9}"
-                         f"{_cell(figures.get('cpu_per_audio_s'), 2):>9}{_cell(figures.get('cores_busy'), 2):>7}")
+                         f"{_cell(figures['cpu_per_audio_s'], 2):>9}{_cell(figures['cores_busy'], 2):>7}")
         if (flow := entry["service"].get("flow")) is not None:
             lines.append(f"{entry['mode']:<7}{entry['concurrency']:>5}  flow chunks {sum(flow['chunks'].values())} "
                          f"{flow['chunks']}: per 100, {_cell(flow['fallbacks_per_100_chunks'])} full-decode "
@@ -93,7 +93,7 @@ def format_table(report: dict[str, Any]) -> str:
                 lines.append(f"{entry['mode']:<7}{entry['concurrency']:>5}  {label:<11}{'':>19}"
                              f"{_cell(r['throughput'], 2):>11}{_cell(r['ttfa_p50'], 2):>10}{'':>10}"
                              f"{_cell(r['rtf'], 2):>8}{_cell(r['peak_rss'], 2):>9}"
-                             f"{_cell(r.get('cpu_per_audio_s'), 2):>9}")
+                             f"{_cell(r['cpu_per_audio_s'], 2):>9}")
     lines.append("ttfa in ms; whole mode: ttfa = full response time (upstream protocol: first PCM byte); "
                  "ratio = service / baseline, / compare = service / compared server; "
                  "rss: peak of the summed RSS (service: all its Ray processes); cpu/aud: CPU seconds per second "

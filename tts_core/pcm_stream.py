@@ -36,11 +36,10 @@ class StreamResampler:
     """
 
     def __init__(self, source_rate: int, target_rate: int):
-        # Imported here: scipy.signal costs the ingress over a second of CPU at start-up, and only
-        # a stream resampled to 16 or 8 kHz needs it.
+        # Imported here and in `_filter`: scipy.signal costs the ingress over a second of CPU at
+        # start-up, and only a stream resampled to 16 or 8 kHz needs it.
         from scipy import signal
 
-        self.lfilter = signal.lfilter
         divisor = math.gcd(source_rate, target_rate)
         self.up, self.down = target_rate // divisor, source_rate // divisor
         taps = 2 * _FILTER_HALF_TAPS * max(self.up, self.down) + 1
@@ -60,9 +59,11 @@ class StreamResampler:
         return self._filter(np.zeros(max(0, math.ceil(missing / self.up))), limit=total)
 
     def _filter(self, samples: np.ndarray, limit: int | None = None) -> np.ndarray:
+        from scipy.signal import lfilter
+
         upsampled = np.zeros(len(samples) * self.up)
         upsampled[::self.up] = samples
-        filtered, self.state = self.lfilter(self.taps, 1.0, upsampled, zi=self.state)
+        filtered, self.state = lfilter(self.taps, 1.0, upsampled, zi=self.state)
         start, self.position = self.position, self.position + len(filtered)
         # Output k is the filtered sample at delay + k * down.
         following = self.delay + self.emitted * self.down

@@ -339,8 +339,9 @@ def _advance(flow: Any, cache: FlowStreamCache, mu: torch.Tensor, spks: torch.Te
     cfg_rate = flow.decoder.inference_cfg_rate
     split = guidance_branches_apart_pays(device)
     branches = (slice(0, 1), slice(1, 2)) if split else (slice(None),)
-    # Per Euler step, per pass (both CFG rows, or each guidance branch): the convolutions' new tails.
-    new_tails: list[list[list[torch.Tensor]]] = []
+    # Per Euler step, its passes (both CFG rows, or each guidance branch), whose convolutions' new
+    # tails are the cache's next ones.
+    steps: list[list[_StepState]] = []
     for step in range(1, FLOW_TIMESTEPS + 1):
         states = [_StepState(first, keep_until, attn_mask, cache, step - 1, rows) for rows in branches]
         if split:
@@ -351,13 +352,13 @@ def _advance(flow: Any, cache: FlowStreamCache, mu: torch.Tensor, spks: torch.Te
         else:
             dphi_cond, dphi_uncond = _estimate(states[0], estimator, torch.cat([x, x]), mu_in, t.expand(2), spks_in,
                                                cond_in).split(1)
-        new_tails.append([state.new_tails for state in states])
+        steps.append(states)
         x = x + dt * ((1.0 + cfg_rate) * dphi_cond - cfg_rate * dphi_uncond)
         t = t + dt
         if step < FLOW_TIMESTEPS:
             dt = t_span[step + 1] - t
 
     cache.frames = keep_until
-    cache.conv_tails = [torch.stack([torch.cat([tails[conv] for tails in passes]) for passes in new_tails])
+    cache.conv_tails = [torch.stack([torch.cat([state.new_tails[conv] for state in states]) for states in steps])
                         for conv in range(len(cache.conv_tails))]
     return x
