@@ -16,4 +16,9 @@ RUN PYTHON=python3.11 bash scripts/setup.sh && rm -rf "$HOME/.cache/pip"
 # `ray`, `serve` and the project's Python first on the path, for KubeRay's commands and for shells.
 ENV PATH=/app/.venv/bin:$PATH \
     COSYVOICE_MODEL_CACHE_DIR=/app/.cache/cosyvoice-serve
+
+# What Ray's own processes must start with (serve_app/ray_environment.py, the source of these values).
+ENV RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve_app.api.body_limit:proxy_middlewares \
+    RAY_SERVE_CONTROL_LOOP_INTERVAL_S=0.5 \
+    RAY_SERVE_METRICS_EXPORT_INTERVAL_MS=1000
 EXPOSE 6379 8000 8265 10001

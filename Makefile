@@ -11,7 +11,7 @@ setup: .venv/.installed
 	touch $@
 
 serve: setup
-	RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve_app.api.body_limit:proxy_middlewares $(VENV)/serve run serve_config.yaml
+	env $$($(VENV)/python -m serve_app.ray_environment) $(VENV)/serve run serve_config.yaml
 
 # Ray starts a local cluster with token authentication on; its CLI sends the token (from
 # ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN) only in token mode.

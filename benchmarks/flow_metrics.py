@@ -14,8 +14,8 @@ from tts_core.metrics import METRICS
 #: Counter name -> its one tag, the one the counts are split by.
 COUNTERS = {name: METRICS[name].tag_keys[0] for name in ("cosyvoice_flow_streamed_chunks_total",
                                                         "cosyvoice_flow_stream_evictions_total")}
-#: Seconds between a replica's exports of its counts: Ray's default, and what a service started
-#: by the benchmark is set to (Ray's shortest).
+#: Seconds between a replica's exports of its counts: Ray's default (what the benchmark starts the
+#: service with), and Ray's shortest (`--quick`).
 DEFAULT_EXPORT_INTERVAL_S = 10.0
 FAST_EXPORT_INTERVAL_S = 1.0
 _SAMPLE = re.compile(r"^ray_(\w+)\{(.*)\} ([0-9.eE+-]+)$")

@@ -193,11 +193,12 @@ async def drive(base_url: str, protocol: ServerProtocol, options: BenchOptions,
             warmup_s[mode] = round(warm.latency_s, 3)
     memory = {"ready": await asyncio.to_thread(lambda: pss_snapshot(processes()))} if processes is not None else {}
     runs = []
+    settled = None  # the counts after the last streamed level: only streams move them
     for mode, concurrency, count in options.levels():
         if mode not in modes:
             continue
         counted = metrics_url is not None and mode == "stream"
-        before = await settled_counters(metrics_url, export_interval_s) if counted else None
+        before = (settled or await settled_counters(metrics_url, export_interval_s)) if counted else None
         sampler = UsageSampler(processes) if processes is not None else None
         with sampler if sampler is not None else contextlib.nullcontext():
             results, wall = await run_level(base_url, protocol, build_workload(count, options.seed), concurrency,
@@ -205,8 +206,8 @@ async def drive(base_url: str, protocol: ServerProtocol, options: BenchOptions,
         runs.append(LevelRun(mode=mode, concurrency=concurrency, wall_s=wall, results=results,
                              peak_rss_bytes=sampler.peak_bytes if sampler is not None else None,
                              cpu_s=sampler.cpu_seconds if sampler is not None else None,
-                             flow_counts=difference(await settled_counters(metrics_url, export_interval_s), before)
-                             if counted else None))
+                             flow_counts=difference(settled := await settled_counters(metrics_url, export_interval_s),
+                                                    before) if counted else None))
         failed = sum(not result.ok for result in results)
         logger.info("%s %s c=%d: %d requests in %.1f s%s", label, mode, concurrency, count, wall,
                     f", {failed} failed" if failed else "")
@@ -245,7 +246,7 @@ async def drive_service(base_url: str, options: BenchOptions, service: Any = Non
     """The service's levels, then the overhead pairs; `service`: a `LocalService` started here."""
     processes = service.processes if service is not None else None
     if service is not None:
-        metrics = {"metrics_url": service.metrics_url, "export_interval_s": FAST_EXPORT_INTERVAL_S}
+        metrics = {"metrics_url": service.metrics_url, "export_interval_s": service.metrics_export_interval_s}
     else:
         metrics = {"metrics_url": options.metrics_url, "export_interval_s": DEFAULT_EXPORT_INTERVAL_S}
     run = await drive(base_url, ServiceProtocol(), options, processes, **metrics)
@@ -261,8 +262,11 @@ def run_service(options: BenchOptions) -> ServerRun:
         return asyncio.run(drive_service(options.url, options))
     from benchmarks.service import LocalService
 
-    with LocalService(options.model_dir, options.dtype, options.torch_threads,
-                      settings=options.service_settings) as service:
+    # Ray's default export interval: a shorter one costs the service CPU during the levels (0.07 of a
+    # core on 2 cores). --quick, whose figures are not for comparing, reads its counts sooner.
+    export_interval_s = FAST_EXPORT_INTERVAL_S if options.quick else DEFAULT_EXPORT_INTERVAL_S
+    with LocalService(options.model_dir, options.dtype, options.torch_threads, settings=options.service_settings,
+                      metrics_export_interval_s=export_interval_s) as service:
         return asyncio.run(drive_service(service.base_url, options, service))
 
 

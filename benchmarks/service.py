@@ -13,7 +13,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks.flow_metrics import FAST_EXPORT_INTERVAL_S
+from benchmarks.flow_metrics import DEFAULT_EXPORT_INTERVAL_S
 from benchmarks.memory import descendants
 from benchmarks.startup import process_start_times, replica_startup
 from serve_app.local import LocalServe, free_port
@@ -30,9 +30,13 @@ class LocalService:
     """
 
     def __init__(self, model_dir: Path, dtype: str, torch_threads: int,
-                 deployment_options: dict[str, dict[str, Any]] | None = None, settings: dict[str, Any] | None = None):
-        """`settings`: more of the service's settings (`tts_core.settings.Settings`) by name."""
+                 deployment_options: dict[str, dict[str, Any]] | None = None, settings: dict[str, Any] | None = None,
+                 metrics_export_interval_s: float = DEFAULT_EXPORT_INTERVAL_S):
+        """`settings`: more of the service's settings (`tts_core.settings.Settings`) by name.
+        `metrics_export_interval_s`: how often every process hands Ray its metrics; Ray's default
+        unless counts must be read soon after they change (shorter costs CPU while measuring)."""
         self.model_dir, self.dtype, self.torch_threads = model_dir, dtype, torch_threads
+        self.metrics_export_interval_s = metrics_export_interval_s
         self.extra_settings = settings or {}
         self.deployment_options = deployment_options
         self.workdir: Path | None = None
@@ -69,10 +73,10 @@ class LocalService:
         settings = {"model_dir": str(self.model_dir), "dtype": self.dtype, "torch_threads": self.torch_threads,
                     "voice_store_uri": str(data / "voices"), "output_store_uri": str(data / "audio"),
                     "task_store_uri": str(data / "tasks"), **self.extra_settings}
-        # Counts exported every second (Ray's shortest interval), so a level's are read soon after it.
+        export_ms = int(self.metrics_export_interval_s * 1000)
         self.service = LocalServe(settings, app_name=APP_NAME, temp_dir=str(self.workdir / "ray"),
                                   metrics_port=free_port(), deployment_options=self.deployment_options,
-                                  system_config={"metrics_report_interval_ms": int(FAST_EXPORT_INTERVAL_S * 1000)})
+                                  system_config={"metrics_report_interval_ms": export_ms})
         self.started_at, started = time.time(), time.perf_counter()
         try:
             self.service.start()

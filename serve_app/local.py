@@ -40,12 +40,13 @@ class LocalServe:
         import ray
         from ray import serve
 
-        from serve_app.api.body_limit import PROXY_CALLBACK, PROXY_CALLBACK_ENV
         from serve_app.app import bind_app
+        from serve_app.ray_environment import RAY_ENVIRONMENT
         from tts_core.settings import Settings
 
-        # Ray's processes inherit this process's environment: the HTTP proxy bounds request bodies too.
-        os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
+        # Ray's processes inherit this process's environment.
+        for name, value in RAY_ENVIRONMENT.items():
+            os.environ.setdefault(name, value)
         # `address="local"` always starts a new instance, never joining one already running.
         # num_cpus is what Ray schedules by, not a limit: the deployments' fractional CPUs must fit
         # even on a 2-core machine.

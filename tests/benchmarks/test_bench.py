@@ -186,8 +186,8 @@ def test_stream_evictions_and_fallbacks_counted_when_the_budget_is_short(tiny_mo
     """A stream-state budget smaller than one stream's state: every later chunk is a full decode,
     every kept state too large, and the benchmark says so per 100 chunks; the final chunk decoded
     incrementally is no full-attention one."""
-    completed = subprocess.run([*bench_command(), "bench", "--model-dir", str(tiny_model_dir), "--modes", "stream",
-                                "--concurrency", "2", "--requests", "2", "--no-baseline",
+    completed = subprocess.run([*bench_command(), "bench", "--quick", "--model-dir", str(tiny_model_dir),
+                                "--modes", "stream", "--concurrency", "2", "--requests", "2", "--no-baseline",
                                 "--flow-stream-cache-mb", "0.5", "--flow-stream-final-chunk", "incremental"],
                                cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-4000:]

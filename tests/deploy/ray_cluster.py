@@ -26,6 +26,7 @@ import httpx
 import psutil
 
 from serve_app.local import free_port
+from serve_app.ray_environment import RAY_ENVIRONMENT
 
 RAY_BIN = Path(sys.executable).parent
 #: The node label naming each node, as the cluster reports it.
@@ -60,7 +61,8 @@ class LocalRayCluster:
         token_file = work / "auth_token"
         token_file.write_text(secrets.token_hex(32))
         token_file.chmod(0o600)
-        self.env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file),
+        # Every node starts as the README's `ray start` does: with the service's Ray environment.
+        self.env = {**env, **RAY_ENVIRONMENT, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file),
                     "RAY_USAGE_STATS_ENABLED": "0"}
         self.env.pop("RAY_ADDRESS", None)
         self.token = token_file.read_text()

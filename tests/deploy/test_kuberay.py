@@ -1,16 +1,20 @@
 """configs/rayservice.yaml (KubeRay): its serveConfigV2 is configs/gpu.yaml, valid for Ray Serve, and
 every replica it asks for fits a pod of the cluster it describes; the Dockerfile builds the image
-those pods run with the project's own setup script."""
+those pods run with the project's own setup script, and with the environment Ray's processes need."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import ray
 import yaml
 from ray.serve.schema import ServeDeploySchema
+
+from serve_app.ray_environment import RAY_ENVIRONMENT
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "configs" / "rayservice.yaml"
@@ -82,3 +86,14 @@ def test_the_image_is_built_by_the_setup_script() -> None:
     assert re.search(r"^ENV PATH=/app/\.venv/bin:\$PATH", dockerfile, re.MULTILINE)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", "data", "models", ".git"} <= set(ignored)
+
+
+def test_the_image_and_make_serve_start_ray_with_the_services_ray_environment() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for name, value in RAY_ENVIRONMENT.items():
+        assert re.search(rf"^(ENV |    ){name}={re.escape(value)}( \\)?$", dockerfile, re.MULTILINE), name
+    [serve_recipe] = re.findall(r"^serve:.*\n\t(.*)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert serve_recipe.startswith("env $$($(VENV)/python -m serve_app.ray_environment) "), serve_recipe
+    printed = subprocess.run([sys.executable, "-m", "serve_app.ray_environment"], capture_output=True, text=True,
+                             check=True, cwd=ROOT).stdout.split()
+    assert dict(word.split("=", 1) for word in printed) == RAY_ENVIRONMENT
