@@ -188,8 +188,10 @@ async def drive(base_url: str, protocol: ServerProtocol, options: BenchOptions,
     async with httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT) as client:
         for mode in modes:
             warm = await protocol.request(client, warmup_request(), mode == "stream", speaker)
-            if not warm.ok:
+            if not warm.ok and label == "service":
                 raise RuntimeError(f"the {label} failed its warm-up request: {warm.error}")
+            if not warm.ok:  # another server's failures are figures of its levels, as its requests' are
+                logger.warning("the %s failed its %s warm-up request: %s", label, mode, warm.error)
             warmup_s[mode] = round(warm.latency_s, 3)
     memory = {"ready": await asyncio.to_thread(lambda: pss_snapshot(processes()))} if processes is not None else {}
     runs = []
@@ -322,7 +324,13 @@ def run(args: argparse.Namespace) -> int:
     logger.info("benchmarking %s (%s, %s): modes %s, concurrency %s", options.model_dir, options.dtype,
                 options.workload, ",".join(options.modes), ",".join(map(str, options.concurrency)))
     service = run_service(options)
-    compare = run_compare(options) if options.compare_url else None
+    compare, compare_error = None, None
+    if options.compare_url:
+        try:
+            compare = run_compare(options)
+        except Exception as exc:  # the service's and the baseline's figures still stand
+            logger.exception("the compared server at %s could not be measured", options.compare_url)
+            compare_error = f"{type(exc).__name__}: {exc}"
     baseline = run_baseline(options, service.speaker) if options.baseline else None
     meta = {"model": str(options.model_dir), "size": options.size, "dtype": options.dtype, "quick": options.quick,
             "workload": options.workload, "service": options.url or "local", "voice_id": service.speaker.voice_id,
@@ -330,8 +338,8 @@ def run(args: argparse.Namespace) -> int:
             "cpus": os.cpu_count(), "service_torch_threads": options.torch_threads,
             "service_settings": options.service_settings,
             "baseline_torch_threads": baseline["torch_threads"] if baseline else None,
-            "compare": {"url": options.compare_url, "protocol": options.compare_protocol,
-                        "pid": options.compare_pid} if compare else None,
+            "compare": {"url": options.compare_url, "protocol": options.compare_protocol, "pid": options.compare_pid,
+                        "error": compare_error} if options.compare_url else None,
             # Other work on the machine skews every figure; the 1-minute load average says how much there was.
             "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "pss_mb": {"service": _pss_mb(service.memory), "baseline": _pss_mb(baseline["memory"] if baseline else {}),

@@ -372,6 +372,44 @@ def test_compare_url_drives_an_upstream_server(workload: str, tmp_path: Path) ->
     assert run.memory["ready"]["pss_mb"] > 0 and run.memory["after_run"]["processes"] >= 1
 
 
+def test_a_compared_server_failing_its_warm_up_is_measured_still(tmp_path: Path) -> None:
+    """Upstream's server on a random-weight twin can fail a request (its unseeded sampling may stop
+    after a token or two, too short for the flow's convolutions): a compared server's failed
+    warm-up is logged, not the end of a run whose service and baseline figures took many minutes."""
+    import asyncio
+    import threading
+
+    import uvicorn
+
+    from benchmarks.clients import UpstreamProtocol
+    from benchmarks.runner import add_arguments, drive, resolve_options
+    from serve_app.local import free_port
+
+    app, calls = FastAPI(), []
+
+    @app.post("/inference_sft")
+    async def inference_sft(tts_text: Annotated[str, Form()], spk_id: Annotated[str, Form()]):
+        calls.append(tts_text)
+        return PlainTextResponse("", 500) if len(calls) == 1 else StreamingResponse(iter([bytes(48000)]))
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        options = resolve_options(parser.parse_args(["--model-dir", str(tmp_path), "--concurrency", "1",
+                                                     "--requests", "2"]))
+        run = asyncio.run(drive(f"http://127.0.0.1:{port}", UpstreamProtocol(24000), options, label="upstream"))
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert len(calls) == 3  # the warm-up, then the level's two requests
+    [level] = run.runs
+    assert [result.ok for result in level.results] == [True, True]
+
+
 def test_zero_shot_bench_against_running_servers(serve_cluster: dict, tiny_model_dir: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """The zero-shot workload through a running service (--url), the same service as --compare-url,
