@@ -169,10 +169,12 @@ async def speaker_for(base_url: str, protocol: ServerProtocol, options: BenchOpt
 
 async def drive(base_url: str, protocol: ServerProtocol, options: BenchOptions,
                 processes: Callable[[], list[Any]] | None = None, label: str = "service",
-                metrics_url: str | None = None, export_interval_s: float = DEFAULT_EXPORT_INTERVAL_S) -> ServerRun:
+                metrics_url: str | None = None, export_interval_s: float = DEFAULT_EXPORT_INTERVAL_S,
+                must_warm_up: bool = True) -> ServerRun:
     """Warm a server up, then run every level in the modes it offers; `processes` lists its
     processes (None: not measurable); `metrics_url`, its Prometheus endpoint (exported to every
-    `export_interval_s`), for how the flow decoded each streamed level's chunks."""
+    `export_interval_s`), for how the flow decoded each streamed level's chunks. Unless
+    `must_warm_up`, a failed warm-up request is logged and the levels run."""
     import httpx
 
     from benchmarks.clients import REQUEST_TIMEOUT, run_level, wait_ready
@@ -188,7 +190,7 @@ async def drive(base_url: str, protocol: ServerProtocol, options: BenchOptions,
     async with httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT) as client:
         for mode in modes:
             warm = await protocol.request(client, warmup_request(), mode == "stream", speaker)
-            if not warm.ok and label == "service":
+            if not warm.ok and must_warm_up:
                 raise RuntimeError(f"the {label} failed its warm-up request: {warm.error}")
             if not warm.ok:  # another server's failures are figures of its levels, as its requests' are
                 logger.warning("the %s failed its %s warm-up request: %s", label, mode, warm.error)
@@ -200,16 +202,19 @@ async def drive(base_url: str, protocol: ServerProtocol, options: BenchOptions,
         if mode not in modes:
             continue
         counted = metrics_url is not None and mode == "stream"
-        before = (settled or await settled_counters(metrics_url, export_interval_s)) if counted else None
+        if counted and settled is None:
+            settled = await settled_counters(metrics_url, export_interval_s)
+        before = settled
         sampler = UsageSampler(processes) if processes is not None else None
         with sampler if sampler is not None else contextlib.nullcontext():
             results, wall = await run_level(base_url, protocol, build_workload(count, options.seed), concurrency,
                                             mode == "stream", speaker)
+        if counted:
+            settled = await settled_counters(metrics_url, export_interval_s)
         runs.append(LevelRun(mode=mode, concurrency=concurrency, wall_s=wall, results=results,
                              peak_rss_bytes=sampler.peak_bytes if sampler is not None else None,
                              cpu_s=sampler.cpu_seconds if sampler is not None else None,
-                             flow_counts=difference(settled := await settled_counters(metrics_url, export_interval_s),
-                                                    before) if counted else None))
+                             flow_counts=difference(settled, before) if counted else None))
         failed = sum(not result.ok for result in results)
         logger.info("%s %s c=%d: %d requests in %.1f s%s", label, mode, concurrency, count, wall,
                     f", {failed} failed" if failed else "")
@@ -277,7 +282,8 @@ def run_compare(options: BenchOptions) -> ServerRun:
 
     protocol = protocol_for(options.compare_protocol, options.compare_sample_rate)
     processes = process_tree(options.compare_pid) if options.compare_pid else None
-    return asyncio.run(drive(options.compare_url, protocol, options, processes, label="compared server"))
+    return asyncio.run(drive(options.compare_url, protocol, options, processes, label="compared server",
+                             must_warm_up=False))
 
 
 def _stderr_fd() -> int | None:

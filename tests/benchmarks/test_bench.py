@@ -401,7 +401,8 @@ def test_a_compared_server_failing_its_warm_up_is_measured_still(tmp_path: Path)
         add_arguments(parser)
         options = resolve_options(parser.parse_args(["--model-dir", str(tmp_path), "--concurrency", "1",
                                                      "--requests", "2"]))
-        run = asyncio.run(drive(f"http://127.0.0.1:{port}", UpstreamProtocol(24000), options, label="upstream"))
+        run = asyncio.run(drive(f"http://127.0.0.1:{port}", UpstreamProtocol(24000), options, label="upstream",
+                                must_warm_up=False))
     finally:
         server.should_exit = True
         thread.join(timeout=10)
