@@ -43,6 +43,9 @@ class CoreBudget:
         self.path = folder / f"cosyvoice-cores-{name}"
         self.cores = cores or node_cores()
         self.pid = os.getpid()
+        #: Whether a forward pass is under way, and its cap (`forward`'s `limit`).
+        self.in_forward = False
+        self.limit: int | None = None
 
     @contextlib.contextmanager
     def _table(self) -> Iterator[dict[int, int]]:
@@ -73,10 +76,22 @@ class CoreBudget:
 
     @contextlib.contextmanager
     def forward(self, limit: int | None = None) -> Iterator[int]:
-        threads = self.acquire(limit)
+        self.in_forward, self.limit = True, limit
+        try:
+            yield self._take()
+        finally:
+            self.in_forward = False
+            self.release()
+
+    def rebalance(self) -> int:
+        """Inside `forward`, between two parts of a long pass: take again what the others leave
+        free now. A flow chunk that started while the LLM was sampling would otherwise run on one
+        core to its end, long after the LLM has finished and left the other idle. Outside a
+        forward pass it holds nothing and changes nothing."""
+        return self._take() if self.in_forward else torch.get_num_threads()
+
+    def _take(self) -> int:
+        threads = self.acquire(self.limit)
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        try:
-            yield threads
-        finally:
-            self.release()
+        return threads

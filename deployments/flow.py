@@ -105,9 +105,11 @@ class FlowDecoder:
     attention, as upstream does, unless `flow_stream_final_chunk` is `incremental`: then it is
     decoded like the others, chunk-causally from the kept state. A stream's state starts from its
     voice's (`prompt_state`), kept once per voice among the streams' and shared by them, so a
-    stream neither decodes nor holds the prompt's first frames. Whole utterances and full final
+    stream neither decodes nor holds the prompt's first frames. Such chunks are decoded one by
+    one, streams' first chunks ahead of the others waiting. Whole utterances and full final
     chunks are batched: calls that arrive while a batch runs form the next one, so a busy replica
-    runs one estimator pass for many requests and an idle one waits for nobody.
+    runs one estimator pass for many requests and an idle one waits for nobody. Each Euler step of
+    a pass resizes its threads to the cores the other stages leave free at that moment.
     """
 
     def __init__(self, settings: Settings):
@@ -127,36 +129,38 @@ class FlowDecoder:
 
         `stream_key` names the stream a streamed chunk belongs to, so its decoder state can be reused.
         """
+        request = FlowRequest(tokens, prompt, token_offset, streaming, finalize)
         with self.load:
-            return await self.decode_batch(FlowRequest(tokens, prompt, token_offset, streaming, finalize), stream_key)
+            if stream_key is not None and self._incremental(request):
+                # Shares no work with other calls: alone, it is back as soon as it is decoded, not
+                # when a batch of other streams' chunks is. A stream's first chunk goes first.
+                return await self.worker.run(self._decode_streamed, replace(request, streaming=True), stream_key,
+                                             urgent=token_offset == 0)
+            return await self.decode_batch(request, stream_key)
+
+    def _incremental(self, request: FlowRequest) -> bool:
+        """Whether a stream's chunk is decoded from its kept state (the final one only if so configured)."""
+        return bool(self.stream_caches.capacity_bytes) and (
+            request.streaming or (request.finalize and self.incremental_final))
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
     async def decode_batch(self, requests: list[FlowRequest], stream_keys: list[str | None]) -> list[np.ndarray]:
         return await self.worker.run(self._decode, requests, stream_keys)
 
     def _decode(self, requests: list[FlowRequest], stream_keys: list[str | None]) -> list[np.ndarray]:
-        mels: list[np.ndarray | None] = [None] * len(requests)
-        batched = []
-        for index, (request, key) in enumerate(zip(requests, stream_keys, strict=True)):
-            if key is not None and request.finalize and self.incremental_final:
-                request = requests[index] = replace(request, streaming=True)
-            if key is not None and request.streaming and self.stream_caches.capacity_bytes:
-                mels[index] = self._decode_streamed(request, key)
-                continue
-            if key is not None:  # decoded in full from the stream's start: its state is not needed
+        """Whole utterances and streams' chunks decoded in full from the stream's start."""
+        for key in stream_keys:
+            if key is not None:  # the stream's state is of no more use
                 self.stream_caches.take(key)
-            batched.append(index)
         started = time.perf_counter()
-        decoded = flow_mel_batch(self.model.flow, [requests[index] for index in batched], self.model.token_mel_ratio)
-        seconds = (time.perf_counter() - started) / max(len(batched), 1)
-        for index, mel in zip(batched, decoded, strict=True):
-            mels[index] = mel
-            request = requests[index]
-            if stream_keys[index] is not None:
+        mels = flow_mel_batch(self.model.flow, requests, self.model.token_mel_ratio, before_step=self.worker.rebalance)
+        seconds = (time.perf_counter() - started) / len(requests)
+        for request, key in zip(requests, stream_keys, strict=True):
+            if key is not None:
                 self._count("final" if request.finalize and not request.streaming
                             else "from_start" if request.token_offset else "first",
                             seconds)
-        return mels  # type: ignore[return-value]
+        return mels
 
     def _decode_streamed(self, request: FlowRequest, key: str) -> np.ndarray:
         """One chunk decoded from the stream's kept state; counted as `first` (a stream's first chunk),
@@ -166,7 +170,8 @@ class FlowDecoder:
         cache: FlowStreamCache | None = self.stream_caches.take(key)  # type: ignore[assignment]
         kind = "cached" if cache is not None else "from_start" if request.token_offset else "first"
         decode = partial(flow_mel_incremental, self.model.flow, request.tokens, request.prompt, request.token_offset,
-                         token_mel_ratio=self.model.token_mel_ratio, finalize=request.finalize)
+                         token_mel_ratio=self.model.token_mel_ratio, finalize=request.finalize,
+                         before_step=self.worker.rebalance)
         try:
             mel, cache = decode(cache, prefix=self._prompt_state(request.prompt) if cache is None else None)
         except ValueError:  # state from a later point of the stream (a retried chunk): start over
@@ -190,7 +195,7 @@ class FlowDecoder:
         key = PROMPT_KEY_PREFIX + digest.hexdigest()
         state = self.stream_caches.get(key)
         if state is None:
-            state = prompt_state(self.model.flow, prompt, self.model.token_mel_ratio)
+            state = prompt_state(self.model.flow, prompt, self.model.token_mel_ratio, self.worker.rebalance)
             if state is not None:
                 self.stream_caches.put(key, state)
         return state  # type: ignore[return-value]

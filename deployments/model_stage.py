@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import os
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
+from functools import partial
 from typing import Any, TypeVar
 
 #: Entries kept by each shape-keyed cache of CPU convolution kernels in a model replica (oneDNN's
@@ -75,15 +79,43 @@ def forward_pass(budget: CoreBudget | None, limit: int | None = None) -> context
 class ModelThread:
     """The one thread that runs a replica's forward passes, off its event loop (so calls keep
     queueing into the next batch). One thread, not a pool: warm kernel caches and one malloc
-    arena, and never two forwards into one model copy at a time."""
+    arena, and never two forwards into one model copy at a time.
+
+    Waiting passes run in arrival order, but `urgent` ones first: a stream's first chunk, which a
+    listener is waiting on, goes ahead of chunks of streams already playing."""
 
     def __init__(self, budget: CoreBudget | None) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.budget = budget
+        self.queue: list[tuple[bool, int, Future, Callable[[], Any]]] = []  # a heap: urgent, then oldest
+        self.arrivals = itertools.count()
+        self.waiting = threading.Condition()
+        threading.Thread(target=self._serve, name="model", daemon=True).start()
 
-    async def run(self, function: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self._forward, function, *args)
+    async def run(self, function: Callable[..., T], *args: Any, urgent: bool = False) -> T:
+        future: Future = Future()
+        with self.waiting:
+            heapq.heappush(self.queue, (not urgent, next(self.arrivals), future, partial(function, *args)))
+            self.waiting.notify()
+        # Cancelling the caller cancels the pass if it has not started (as an executor's would).
+        return await asyncio.wrap_future(future)
 
-    def _forward(self, function: Callable[..., T], *args: Any) -> T:
-        with forward_pass(self.budget):
-            return function(*args)
+    def rebalance(self) -> None:
+        """Between two parts of a long pass: resize its threads to the cores free now."""
+        if self.budget is not None:
+            self.budget.rebalance()
+
+    def _serve(self) -> None:
+        while True:
+            with self.waiting:
+                while not self.queue:
+                    self.waiting.wait()
+                *_, future, call = heapq.heappop(self.queue)
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                with forward_pass(self.budget):
+                    result = call()
+            except BaseException as exc:  # handed to the caller, as an executor does
+                future.set_exception(exc)
+            else:
+                future.set_result(result)

@@ -21,6 +21,9 @@ from tts_core.wire import FlowPrompt
 #: Euler steps of the flow-matching decoder, as upstream's `CausalMaskedDiffWithXvec.inference` takes.
 FLOW_TIMESTEPS = 10
 
+#: Called before each Euler step of a decode; the caller may change torch's thread count there.
+StepHook = Callable[[], object]
+
 
 @dataclass
 class FlowRequest:
@@ -53,14 +56,16 @@ def flow_mel(flow: Any, tokens: list[int], prompt: FlowPrompt, token_offset: int
 
 
 @torch.inference_mode()
-def flow_mel_batch(flow: Any, requests: list[FlowRequest], token_mel_ratio: int = 2) -> list[np.ndarray]:
+def flow_mel_batch(flow: Any, requests: list[FlowRequest], token_mel_ratio: int = 2,
+                   before_step: StepHook | None = None) -> list[np.ndarray]:
     """`flow_mel` for many requests, their flow-matching decoder passes batched.
 
     Upstream's `CausalMaskedDiffWithXvec.inference` and Euler solver take one utterance. Here each
     request is encoded alone (about 2% of the flow's work), then the decoder's ten classifier-free
     guided estimator passes run on all requests at once, right-padded to a common length. The
     estimator's convolutions are causal and padded keys are masked out of attention, so padding
-    never reaches a real frame: each request gets the mel it would get alone.
+    never reaches a real frame: each request gets the mel it would get alone. `before_step` runs
+    before each Euler step: a caller that shares the node's cores resizes torch's threads there.
     """
     mels: list[np.ndarray | None] = [None] * len(requests)
     for streaming in (False, True):  # the two attention masks cannot share one estimator pass
@@ -68,7 +73,7 @@ def flow_mel_batch(flow: Any, requests: list[FlowRequest], token_mel_ratio: int 
         encoded = {index: encode_flow_input(flow, requests[index], token_mel_ratio) for index in members}
         for group in padding_groups([encoded[index].mu.shape[1] for index in members]):
             indices = [members[position] for position in group]
-            decoded = _decode(flow, [encoded[index] for index in indices], streaming)
+            decoded = _decode(flow, [encoded[index] for index in indices], streaming, before_step)
             for index, mel in zip(indices, decoded, strict=True):
                 mels[index] = mel
     return mels  # type: ignore[return-value]
@@ -115,7 +120,8 @@ def encode_flow_input(flow: Any, request: FlowRequest, token_mel_ratio: int) -> 
                              first_kept_frame=prompt_feat.shape[0] + request.token_offset * token_mel_ratio)
 
 
-def _decode(flow: Any, inputs: list[EncodedFlowInput], streaming: bool) -> list[np.ndarray]:
+def _decode(flow: Any, inputs: list[EncodedFlowInput], streaming: bool,
+            before_step: StepHook | None) -> list[np.ndarray]:
     """Upstream's classifier-free guided Euler solver over a right-padded batch.
 
     The batch holds every request twice: conditioned, then with mu, speaker and prompt zeroed.
@@ -136,10 +142,11 @@ def _decode(flow: Any, inputs: list[EncodedFlowInput], streaming: bool) -> list[
     x = cfm.rand_noise[:, :, :frames].to(device, dtype).expand(batch, -1, -1)
     t_span = euler_time_span(cfm, device, dtype)
     t, dt = t_span[0], t_span[1] - t_span[0]
-    split = guidance_branches_apart_pays(device)
     estimator = partial(cfm.estimator, streaming=streaming)
     for step in range(1, len(t_span)):
-        if split:
+        if before_step is not None:
+            before_step()
+        if guidance_branches_apart_pays(device):
             conditioned, unconditioned = guidance_branches_apart(
                 estimator, [(x, mask[rows], mu[rows], t.expand(batch), spks[rows], cond[rows])
                             for rows in (slice(0, batch), slice(batch, 2 * batch))])

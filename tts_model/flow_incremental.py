@@ -41,6 +41,7 @@ from tts_core.wire import FlowPrompt
 from tts_model.flow_decode import (
     FLOW_TIMESTEPS,
     FlowRequest,
+    StepHook,
     encode_flow_input,
     euler_time_span,
     guidance_branches_apart,
@@ -262,7 +263,8 @@ def _empty_cache(estimator: Any, device: torch.device, dtype: torch.dtype,
 
 
 @torch.inference_mode()
-def prompt_state(flow: Any, prompt: FlowPrompt, token_mel_ratio: int = 2) -> FlowStreamCache | None:
+def prompt_state(flow: Any, prompt: FlowPrompt, token_mel_ratio: int = 2,
+                 before_step: StepHook | None = None) -> FlowStreamCache | None:
     """The decoder state of the prompt's frames that no speech token can change, for every stream
     of this voice to start from (`flow_mel_incremental`'s `prefix`); None when there are none.
 
@@ -283,14 +285,16 @@ def prompt_state(flow: Any, prompt: FlowPrompt, token_mel_ratio: int = 2) -> Flo
     encoded = encode_flow_input(flow, FlowRequest([0] * flow.pre_lookahead_len, prompt, 0, streaming=True,
                                                   finalize=False), token_mel_ratio)
     cache = _empty_cache(estimator, param.device, param.dtype)
-    _advance(flow, cache, encoded.mu[None, :, :frames], encoded.spks[None], encoded.cond[None, :, :frames])
+    _advance(flow, cache, encoded.mu[None, :, :frames], encoded.spks[None], encoded.cond[None, :, :frames],
+             before_step)
     return cache
 
 
 @torch.inference_mode()
 def flow_mel_incremental(flow: Any, tokens: list[int], prompt: FlowPrompt, token_offset: int,
                          cache: FlowStreamCache | None, token_mel_ratio: int = 2, finalize: bool = False,
-                         prefix: FlowStreamCache | None = None) -> tuple[np.ndarray, FlowStreamCache]:
+                         prefix: FlowStreamCache | None = None,
+                         before_step: StepHook | None = None) -> tuple[np.ndarray, FlowStreamCache]:
     """Mel frames [80, T] for `tokens[token_offset:]` of a streamed chunk, equal to
     `flow_mel(flow, tokens, prompt, token_offset, streaming=True, finalize)`, and the cache for
     the stream's next chunk (after the last chunk, `finalize`, it has no use).
@@ -298,6 +302,7 @@ def flow_mel_incremental(flow: Any, tokens: list[int], prompt: FlowPrompt, token
     `cache` is what the previous chunk of this stream returned (it is updated in place); None
     decodes every frame from the start (so a process that has not seen the stream's earlier
     chunks can take it over), or every frame after `prefix`, `prompt_state` of the same prompt.
+    `before_step` runs before each Euler step (see `flow_mel_batch`).
     """
     estimator = flow.decoder.estimator
     _check_supported(estimator)
@@ -311,12 +316,12 @@ def flow_mel_incremental(flow: Any, tokens: list[int], prompt: FlowPrompt, token
     if cache.frames > start:
         raise ValueError(f"the cache covers {cache.frames} frames, past this chunk's first frame {start}")
     first = cache.frames
-    x = _advance(flow, cache, encoded.mu[None], encoded.spks[None], encoded.cond[None])
+    x = _advance(flow, cache, encoded.mu[None], encoded.spks[None], encoded.cond[None], before_step)
     return x[0, :, start - first:].float().cpu().numpy(), cache
 
 
 def _advance(flow: Any, cache: FlowStreamCache, mu: torch.Tensor, spks: torch.Tensor,
-             cond: torch.Tensor) -> torch.Tensor:
+             cond: torch.Tensor, before_step: StepHook | None) -> torch.Tensor:
     """Decode the frames from `cache.frames` to the end of `mu` ([1, channels, frames], as are
     `cond` and the returned mel), and move `cache` to the last attention chunk boundary."""
     estimator = flow.decoder.estimator
@@ -337,12 +342,14 @@ def _advance(flow: Any, cache: FlowStreamCache, mu: torch.Tensor, spks: torch.Te
     t_span = euler_time_span(flow.decoder, device, dtype)
     t, dt = t_span[0].unsqueeze(0), t_span[1] - t_span[0]
     cfg_rate = flow.decoder.inference_cfg_rate
-    split = guidance_branches_apart_pays(device)
-    branches = (slice(0, 1), slice(1, 2)) if split else (slice(None),)
     # Per Euler step, its passes (both CFG rows, or each guidance branch), whose convolutions' new
     # tails are the cache's next ones.
     steps: list[list[_StepState]] = []
     for step in range(1, FLOW_TIMESTEPS + 1):
+        if before_step is not None:
+            before_step()
+        split = guidance_branches_apart_pays(device)  # per step: the thread count may have changed
+        branches = (slice(0, 1), slice(1, 2)) if split else (slice(None),)
         states = [_StepState(first, keep_until, attn_mask, cache, step - 1, rows) for rows in branches]
         if split:
             dphi_cond, dphi_uncond = guidance_branches_apart(

@@ -64,3 +64,26 @@ def test_a_limited_forward_pass_leaves_the_rest_to_the_others(budgets) -> None:
     assert other.acquire() == 3
     other.release()
     assert mine.acquire(limit=8) == 4
+
+
+def test_a_long_pass_takes_the_cores_another_stage_leaves_when_it_rebalances(budgets) -> None:
+    mine, other = budgets
+    before = torch.get_num_threads()
+    try:
+        assert other.acquire() == 4
+        with mine.forward() as threads:
+            assert threads == 1
+            assert mine.rebalance() == 1 and torch.get_num_threads() == 1  # the other is still busy
+            other.release()
+            assert mine.rebalance() == 4 and torch.get_num_threads() == 4
+            assert other.acquire() == 1
+            other.release()
+        assert other.acquire() == 4  # the rebalanced grant went with the pass
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_rebalancing_outside_a_forward_pass_takes_nothing(budgets) -> None:
+    mine, other = budgets
+    mine.rebalance()
+    assert other.acquire() == 4
