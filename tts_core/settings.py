@@ -53,7 +53,9 @@ class Settings(BaseSettings):
     task_retention_s: float = Field(3600.0, ge=0, description="Finished async tasks are kept at least this long.")
     max_queued_tasks: int = Field(64, ge=1, description="Pending async tasks accepted before submissions get 503.")
     max_running_tasks: int = Field(4, ge=1, description="Async tasks synthesized at the same time.")
-    flow_max_batch_size: int = Field(8, ge=1, description="Flow decoder calls batched into one estimator pass.")
+    flow_max_batch_size: int = Field(8, ge=1, description="Flow decoder calls batched into one estimator pass "
+                                     "(whole utterances and full-attention final chunks; streamed chunks "
+                                     "decoded from a stream's kept state go one by one).")
     flow_stream_cache_mb: float | None = Field(
         None, ge=0, description="Memory per flow replica for streams' decoder state, so a streamed chunk costs "
                                 "the same however long the utterance; 0 decodes every chunk from the start; unset: "
