@@ -190,9 +190,10 @@ async def drive(base_url: str, protocol: ServerProtocol, options: BenchOptions,
     async with httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT) as client:
         for mode in modes:
             warm = await protocol.request(client, warmup_request(), mode == "stream", speaker)
-            if not warm.ok and must_warm_up:
-                raise RuntimeError(f"the {label} failed its warm-up request: {warm.error}")
-            if not warm.ok:  # another server's failures are figures of its levels, as its requests' are
+            if not warm.ok:
+                if must_warm_up:
+                    raise RuntimeError(f"the {label} failed its warm-up request: {warm.error}")
+                # Another server's failures are figures of its levels, as its requests' are.
                 logger.warning("the %s failed its %s warm-up request: %s", label, mode, warm.error)
             warmup_s[mode] = round(warm.latency_s, 3)
     memory = {"ready": await asyncio.to_thread(lambda: pss_snapshot(processes()))} if processes is not None else {}

@@ -10,13 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import psutil
 import pytest
 from fastapi import FastAPI, File, Form, UploadFile
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 from benchmarks.memory import UsageSampler
 from benchmarks.report import compose, format_table, overhead
@@ -310,13 +310,19 @@ def test_workload_and_compare_options_parse() -> None:
             parser.parse_args(bad)
 
 
-def fake_upstream_server() -> FastAPI:
+def fake_upstream_server(failures: int = 0) -> FastAPI:
     """Upstream's FastAPI server's two routes, as its code defines them: form fields (and the prompt
-    file) in, raw 16-bit PCM out; here one second of silence at 24 kHz in two pieces."""
+    file) in, raw 16-bit PCM out; here one second of silence at 24 kHz in two pieces. Its first
+    `failures` requests fail with a 500, as upstream's does when its LLM stops too soon; the
+    requests it got are counted in `app.state.requests`."""
     app = FastAPI()
+    app.state.requests = 0
     pcm = bytes(2 * 24000)
 
-    def answer() -> StreamingResponse:
+    def answer() -> Response:
+        app.state.requests += 1
+        if app.state.requests <= failures:
+            return PlainTextResponse("", 500)
         return StreamingResponse(iter([pcm[:16000], pcm[16000:]]))
 
     @app.post("/inference_sft")
@@ -334,35 +340,41 @@ def fake_upstream_server() -> FastAPI:
     return app
 
 
-@pytest.mark.parametrize("workload", ["sft", "zero-shot"])
-def test_compare_url_drives_an_upstream_server(workload: str, tmp_path: Path) -> None:
-    """The upstream protocol end to end against a stand-in of upstream's server on loopback: its
-    levels run in whole mode only, and a server on this machine given by PID gets its memory read."""
+def drive_on_loopback(app: FastAPI, bench_arguments: list[str], **drive_options: Any) -> Any:
+    """`drive` with the upstream protocol against `app`, served on loopback for the run."""
     import asyncio
-    import os
     import threading
 
     import uvicorn
 
     from benchmarks.clients import UpstreamProtocol
-    from benchmarks.memory import process_tree
     from benchmarks.runner import add_arguments, drive, resolve_options
     from serve_app.local import free_port
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(fake_upstream_server(), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
         parser = argparse.ArgumentParser()
         add_arguments(parser)
-        options = resolve_options(parser.parse_args(["--model-dir", str(tmp_path), "--workload", workload,
-                                                     "--concurrency", "1,2", "--requests", "2"]))
-        run = asyncio.run(drive(f"http://127.0.0.1:{port}", UpstreamProtocol(24000), options,
-                                process_tree(os.getpid()), label="upstream"))
+        options = resolve_options(parser.parse_args(bench_arguments))
+        return asyncio.run(drive(f"http://127.0.0.1:{port}", UpstreamProtocol(24000), options, label="upstream",
+                                 **drive_options))
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("workload", ["sft", "zero-shot"])
+def test_compare_url_drives_an_upstream_server(workload: str, tmp_path: Path) -> None:
+    """The upstream protocol end to end against a stand-in of upstream's server on loopback: its
+    levels run in whole mode only, and a server on this machine given by PID gets its memory read."""
+    from benchmarks.memory import process_tree
+
+    run = drive_on_loopback(fake_upstream_server(), ["--model-dir", str(tmp_path), "--workload", workload,
+                                                     "--concurrency", "1,2", "--requests", "2"],
+                            processes=process_tree(os.getpid()))
     assert [(level.mode, level.concurrency) for level in run.runs] == [("whole", 1), ("whole", 2)]
     assert set(run.warmup_s) == {"whole"}
     for level in run.runs:
@@ -376,37 +388,10 @@ def test_a_compared_server_failing_its_warm_up_is_measured_still(tmp_path: Path)
     """Upstream's server on a random-weight twin can fail a request (its unseeded sampling may stop
     after a token or two, too short for the flow's convolutions): a compared server's failed
     warm-up is logged, not the end of a run whose service and baseline figures took many minutes."""
-    import asyncio
-    import threading
-
-    import uvicorn
-
-    from benchmarks.clients import UpstreamProtocol
-    from benchmarks.runner import add_arguments, drive, resolve_options
-    from serve_app.local import free_port
-
-    app, calls = FastAPI(), []
-
-    @app.post("/inference_sft")
-    async def inference_sft(tts_text: Annotated[str, Form()], spk_id: Annotated[str, Form()]):
-        calls.append(tts_text)
-        return PlainTextResponse("", 500) if len(calls) == 1 else StreamingResponse(iter([bytes(48000)]))
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        parser = argparse.ArgumentParser()
-        add_arguments(parser)
-        options = resolve_options(parser.parse_args(["--model-dir", str(tmp_path), "--concurrency", "1",
-                                                     "--requests", "2"]))
-        run = asyncio.run(drive(f"http://127.0.0.1:{port}", UpstreamProtocol(24000), options, label="upstream",
-                                must_warm_up=False))
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-    assert len(calls) == 3  # the warm-up, then the level's two requests
+    app = fake_upstream_server(failures=1)
+    run = drive_on_loopback(app, ["--model-dir", str(tmp_path), "--concurrency", "1", "--requests", "2"],
+                            must_warm_up=False)
+    assert app.state.requests == 3  # the warm-up, then the level's two requests
     [level] = run.runs
     assert [result.ok for result in level.results] == [True, True]
 
