@@ -184,6 +184,10 @@ class VoiceFeatureExtractor:
         self.feat_extractor = model.feat_extractor
         self.sample_rate = model.sample_rate
         self.token_mel_ratio = model.token_mel_ratio
+        # Upstream's mel function fills two module-level caches on its first call, one after the
+        # other: a concurrent first call that finds the first filled reads the second before it is
+        # (KeyError). A replica runs its calls in a thread pool, so the caches are filled here, once.
+        self.speech_feat(torch.zeros(1, PROMPT_SAMPLE_RATE // 10))
 
     @staticmethod
     def to_prompt_rate(waveform: np.ndarray, sample_rate: int) -> torch.Tensor:

@@ -4,6 +4,8 @@ once, and gets exactly the features a fresh extraction gives."""
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from unittest.mock import patch
 
 import numpy as np
@@ -62,3 +64,31 @@ def test_bad_prompts_are_refused_every_time_and_the_cache_stays_bounded(frontend
         for f0 in (120.0, 140.0, 160.0):
             frontend.extract_voice(recording(f0=f0), 16000, "Hello.")
         assert len(frontend.prompt_features) == 2
+
+
+def test_a_fresh_replicas_first_extractions_may_run_at_once(tiny_model) -> None:
+    """A replica runs its calls in a thread pool: the first registrations after a start arrive together."""
+    import matcha.utils.audio
+    import torch
+
+    hann_window = torch.hann_window
+
+    def as_slow_as_a_first_call(*args, **kwargs):
+        time.sleep(0.05)
+        return hann_window(*args, **kwargs)
+
+    # What a fresh replica process starts with: upstream's mel function has cached nothing yet,
+    # and torch's first calls are slow.
+    matcha.utils.audio.mel_basis.clear()
+    matcha.utils.audio.hann_window.clear()
+    with patch("deployments.frontend.load_stage", return_value=(tiny_model, True)), \
+            patch("torch.hann_window", as_slow_as_a_first_call):
+        fresh = TextFrontendDeployment.func_or_class(Settings())
+        samples = recording()
+        with ThreadPoolExecutor(6) as pool:
+            calls = []
+            for index in range(6):  # arriving a few milliseconds apart
+                calls.append(pool.submit(fresh.extract_voice, samples, 16000, f"Take {index}."))
+                time.sleep(0.01)
+            extracted = [call.result() for call in calls]
+    assert len({features.speech_feat.tobytes() for features in extracted}) == 1
