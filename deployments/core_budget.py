@@ -6,6 +6,11 @@ forwards running in other replicas of the node leave free, at least one: a lone 
 on the whole machine, and under load the stages split it. What is taken is kept in one small
 file per node and application in shared memory, under an advisory lock; entries of processes that
 died mid-forward are dropped when read, so a killed replica never holds cores.
+
+A pass can be urgent: a stream's first flow chunk, which a listener who has heard nothing yet is
+waiting for. A stage that yields (the LLM, whose later tokens no listener is waiting for yet)
+starts no pass while another process runs an urgent one, so the urgent pass has every core from
+its next step on instead of sharing them with the LLM to its end.
 """
 
 from __future__ import annotations
@@ -14,10 +19,14 @@ import contextlib
 import fcntl
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+
+#: How often a yielding stage looks whether the urgent passes it waits for have ended.
+URGENT_POLL_S = 0.01
 
 
 def node_cores() -> int:
@@ -43,44 +52,61 @@ class CoreBudget:
         self.path = folder / f"cosyvoice-cores-{name}"
         self.cores = cores or node_cores()
         self.pid = os.getpid()
-        #: Whether a forward pass is under way, and its cap (`forward`'s `limit`).
+        #: Whether a forward pass is under way, its cap (`forward`'s `limit`) and its urgency.
         self.in_forward = False
         self.limit: int | None = None
+        self.urgent = False
 
     @contextlib.contextmanager
-    def _table(self) -> Iterator[dict[int, int]]:
-        """The node's grants, pid -> threads, locked for reading and writing back."""
+    def _table(self) -> Iterator[dict[int, tuple[int, bool]]]:
+        """The node's grants, pid -> (threads, urgent), locked for reading and writing back."""
         with open(self.path, "a+") as file:
             fcntl.flock(file, fcntl.LOCK_EX)
             file.seek(0)
-            grants: dict[int, int] = {}
-            for line in file.read().split():
-                pid, _, threads = line.partition(":")
+            grants: dict[int, tuple[int, bool]] = {}
+            for entry in file.read().split():
+                pid, threads, *urgent = entry.split(":")
                 if pid.isdigit() and threads.isdigit() and _alive(int(pid)):
-                    grants[int(pid)] = int(threads)
+                    grants[int(pid)] = int(threads), urgent == ["urgent"]
             yield grants
             file.seek(0)
             file.truncate()
-            file.write(" ".join(f"{pid}:{threads}" for pid, threads in grants.items()))
+            file.write(" ".join(f"{pid}:{threads}" + (":urgent" if urgent else "")
+                                for pid, (threads, urgent) in grants.items()))
 
-    def acquire(self, limit: int | None = None) -> int:
+    def acquire(self, limit: int | None = None, urgent: bool = False) -> int:
         """Take the cores the others leave free (at least one, at most `limit`)."""
         with self._table() as grants:
-            taken = sum(threads for pid, threads in grants.items() if pid != self.pid)
-            grants[self.pid] = max(1, min(self.cores - taken, limit or self.cores))
-            return grants[self.pid]
+            taken = sum(threads for pid, (threads, _) in grants.items() if pid != self.pid)
+            threads = max(1, min(self.cores - taken, limit or self.cores))
+            grants[self.pid] = threads, urgent
+            return threads
+
+    def urgent_elsewhere(self) -> bool:
+        """Whether another process is running an urgent pass."""
+        with self._table() as grants:
+            return any(urgent for pid, (_, urgent) in grants.items() if pid != self.pid)
+
+    def yield_to_urgent(self) -> None:
+        """Wait until no other process runs an urgent pass (they end: each is one flow chunk)."""
+        while self.urgent_elsewhere():
+            time.sleep(URGENT_POLL_S)
 
     def release(self) -> None:
         with self._table() as grants:
             grants.pop(self.pid, None)
 
     @contextlib.contextmanager
-    def forward(self, limit: int | None = None) -> Iterator[int]:
-        self.in_forward, self.limit = True, limit
+    def forward(self, limit: int | None = None, urgent: bool = False, yields: bool = False) -> Iterator[int]:
+        """One forward pass; `urgent`: a listener is waiting on it; `yields`: it starts only once
+        no other process runs an urgent pass."""
+        if yields:
+            self.yield_to_urgent()
+        self.in_forward, self.limit, self.urgent = True, limit, urgent
         try:
             yield self._take()
         finally:
-            self.in_forward = False
+            self.in_forward = self.urgent = False
             self.release()
 
     def rebalance(self) -> int:
@@ -91,7 +117,7 @@ class CoreBudget:
         return self._take() if self.in_forward else torch.get_num_threads()
 
     def _take(self) -> int:
-        threads = self.acquire(self.limit)
+        threads = self.acquire(self.limit, self.urgent)
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         return threads

@@ -163,7 +163,7 @@ class SpeechTokenLLM:
                     continue
                 try:
                     request = sequence.request
-                    with forward_pass(self.budget):
+                    with forward_pass(self.budget, yields=True):
                         sequence.state = (self.decoder.start_bistream(request)
                                           if isinstance(request, BistreamRequest) else self.decoder.start(request))
                     self.sequences[sequence.sequence_id] = sequence
@@ -176,7 +176,7 @@ class SpeechTokenLLM:
             ready = [sequence for sequence in self.sequences.values() if self._can_step(sequence)]
             runnable = bool(ready)
             if ready:
-                with forward_pass(self.budget, self._thread_limit(ready)):
+                with forward_pass(self.budget, self._thread_limit(ready), yields=True):
                     deliveries += self._step_all(ready)
             deliveries += self._remove_finished()
             if len(self.sequences) != self.load.depth:

@@ -71,9 +71,11 @@ def core_budget(settings: Settings) -> CoreBudget | None:
     return None if settings.torch_threads else CoreBudget(settings.app_name)
 
 
-def forward_pass(budget: CoreBudget | None, limit: int | None = None) -> contextlib.AbstractContextManager:
-    """Around one forward pass: its share of the node's cores (at most `limit`), or the fixed thread count."""
-    return budget.forward(limit) if budget is not None else contextlib.nullcontext()
+def forward_pass(budget: CoreBudget | None, limit: int | None = None, urgent: bool = False,
+                 yields: bool = False) -> contextlib.AbstractContextManager:
+    """Around one forward pass: its share of the node's cores (at most `limit`), or the fixed
+    thread count; `urgent` and `yields` as `CoreBudget.forward` has them."""
+    return budget.forward(limit, urgent, yields) if budget is not None else contextlib.nullcontext()
 
 
 class ModelThread:
@@ -82,11 +84,12 @@ class ModelThread:
     arena, and never two forwards into one model copy at a time.
 
     Waiting passes run in arrival order, but `urgent` ones first: a stream's first chunk, which a
-    listener is waiting on, goes ahead of chunks of streams already playing."""
+    listener is waiting on, goes ahead of chunks of streams already playing, and the LLM's
+    replicas on the node wait while it runs (`CoreBudget`)."""
 
     def __init__(self, budget: CoreBudget | None) -> None:
         self.budget = budget
-        self.queue: list[tuple[bool, int, Future, Callable[[], Any]]] = []  # a heap: urgent, then oldest
+        self.queue: list[tuple[bool, int, Future, Callable[[], Any]]] = []  # a heap: urgent first, then oldest
         self.arrivals = itertools.count()
         self.waiting = threading.Condition()
         threading.Thread(target=self._serve, name="model", daemon=True).start()
@@ -109,11 +112,11 @@ class ModelThread:
             with self.waiting:
                 while not self.queue:
                     self.waiting.wait()
-                *_, future, call = heapq.heappop(self.queue)
+                not_urgent, _, future, call = heapq.heappop(self.queue)
             if not future.set_running_or_notify_cancel():
                 continue
             try:
-                with forward_pass(self.budget):
+                with forward_pass(self.budget, urgent=not not_urgent):
                     result = call()
             except BaseException as exc:  # handed to the caller, as an executor does
                 future.set_exception(exc)

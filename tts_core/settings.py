@@ -44,8 +44,9 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         1, ge=0, description="Torch intra-op threads per model replica; 0: each forward pass takes the cores of the "
                              "node that other replicas' forward passes leave free, the LLM's decoding steps of a few "
-                             "sequences one (faster at low load, but results then vary in their last bits with the "
-                             "thread count, so a seed no longer gives bit-identical audio).")
+                             "sequences one, and the LLM pauses while a stream's first flow chunk runs (faster at "
+                             "low load, but results then vary in their last bits with the thread count, so a seed "
+                             "no longer gives bit-identical audio).")
     voice_store_uri: str = Field("data/voices", description="pyarrow.fs URI (or local path) of the voice registry.")
     output_store_uri: str = Field("data/audio", description="pyarrow.fs URI (or local path) of synthesized audio.")
     task_store_uri: str = Field("data/tasks", description="pyarrow.fs URI (or local path) of async task records.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 
 import pytest
@@ -87,3 +88,45 @@ def test_rebalancing_outside_a_forward_pass_takes_nothing(budgets) -> None:
     mine, other = budgets
     mine.rebalance()
     assert other.acquire() == 4
+
+
+def test_a_yielding_pass_waits_while_another_process_runs_an_urgent_one(budgets) -> None:
+    mine, other = budgets
+    before = torch.get_num_threads()
+    entered = threading.Event()
+
+    def yielding_pass() -> None:
+        with mine.forward(yields=True):
+            entered.set()
+
+    try:
+        assert other.acquire(urgent=True) == 4
+        waiting = threading.Thread(target=yielding_pass)
+        waiting.start()
+        assert not entered.wait(0.3)  # the urgent pass is still running
+        with mine.forward():  # a pass that does not yield runs beside it, on what is left
+            assert torch.get_num_threads() == 1
+        other.release()
+        assert entered.wait(5)
+        waiting.join()
+        # A pass that is not urgent holds no one back.
+        assert other.acquire() == 4
+        with mine.forward(yields=True) as threads:
+            assert threads == 1
+        other.release()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_an_urgent_pass_is_urgent_only_while_it_runs(budgets) -> None:
+    mine, other = budgets
+    before = torch.get_num_threads()
+    try:
+        with mine.forward(urgent=True):
+            assert other.urgent_elsewhere()
+            assert mine.rebalance() == 4 and other.urgent_elsewhere()  # still urgent after a rebalance
+        assert not other.urgent_elsewhere()
+        with mine.forward():
+            assert not other.urgent_elsewhere()
+    finally:
+        torch.set_num_threads(before)
