@@ -207,9 +207,11 @@ class FlowDecoder:
 
     def stream_stats(self) -> dict[str, Any]:
         """This replica's streamed chunks by how they were decoded: count and decoding seconds of each kind."""
+        # A copy first: the model thread adds a kind when it first decodes one (one C call, so atomic).
+        streamed = list(self.streamed.items())
         return {"replica": serve.get_replica_context().replica_id.unique_id,
-                "chunks": {kind: count for kind, (count, _) in self.streamed.items()},
-                "seconds": {kind: round(seconds, 4) for kind, (_, seconds) in self.streamed.items()}}
+                "chunks": {kind: count for kind, (count, _) in streamed},
+                "seconds": {kind: round(seconds, 4) for kind, (_, seconds) in streamed}}
 
     def check_health(self) -> None:
         if self.model.flow is None:

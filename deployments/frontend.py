@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -40,6 +41,9 @@ class TextFrontendDeployment:
         # Clients of upstream's API upload the same prompt with every request: its features are
         # extracted once (the same features: the networks are deterministic), least recently used dropped.
         self.prompt_features: OrderedDict[bytes, VoiceFeatures] = OrderedDict()
+        # The replica runs its calls in a thread pool: a hit's move to the end and another call's
+        # eviction of the oldest entry must not interleave (the hit would find its key gone).
+        self.prompt_features_lock = threading.Lock()
 
     def model_info(self) -> dict:
         return {"model_dir": str(self.model.model_dir), "is_twin": self.is_twin, "sample_rate": self.model.sample_rate}
@@ -66,8 +70,10 @@ class TextFrontendDeployment:
         """Model features of a prompt recording (any rate; resampled to 16 kHz; 0.5-30 s), kept
         for the next upload of the same recording and transcript."""
         key = prompt_key(samples, sample_rate, prompt_text)
-        if (features := self.prompt_features.get(key)) is not None:
-            self.prompt_features.move_to_end(key)
+        with self.prompt_features_lock:
+            if (features := self.prompt_features.get(key)) is not None:
+                self.prompt_features.move_to_end(key)
+        if features is not None:
             metric("cosyvoice_prompt_features_total").inc(tags={"source": "cached"})
             return features
         with self.load:
@@ -75,9 +81,10 @@ class TextFrontendDeployment:
             text_tokens = self.text.prompt_tokens(prompt_text) if prompt_text and prompt_text.strip() else []
             features = self.voices.extract(speech_16k, text_tokens)
         metric("cosyvoice_prompt_features_total").inc(tags={"source": "extracted"})
-        self.prompt_features[key] = features
-        if len(self.prompt_features) > PROMPT_FEATURE_CACHE_ENTRIES:
-            self.prompt_features.popitem(last=False)
+        with self.prompt_features_lock:
+            self.prompt_features[key] = features
+            while len(self.prompt_features) > PROMPT_FEATURE_CACHE_ENTRIES:
+                self.prompt_features.popitem(last=False)
         return features
 
     def pretrained_voices(self) -> dict[str, VoiceFeatures]:

@@ -4,6 +4,7 @@ once, and gets exactly the features a fresh extraction gives."""
 
 from __future__ import annotations
 
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from unittest.mock import patch
@@ -92,3 +93,26 @@ def test_a_fresh_replicas_first_extractions_may_run_at_once(tiny_model) -> None:
                 time.sleep(0.01)
             extracted = [call.result() for call in calls]
     assert len({features.speech_feat.tobytes() for features in extracted}) == 1
+
+
+def test_the_cache_holds_under_concurrent_hits_and_evictions(frontend: TextFrontendDeployment) -> None:
+    """A hit that moves its entry to the end while another call evicts the oldest must find it
+    still there, whichever thread the interpreter switches to in between."""
+    prompts = [recording(seconds=0.6, f0=100.0 + 10 * index) for index in range(4)]
+
+    def extracted(speech_16k, text_tokens) -> VoiceFeatures:  # the networks' cost is not what is tested
+        return VoiceFeatures(speech_token=np.zeros(1, np.int32), speech_feat=np.zeros((2, 80), np.float32),
+                             embedding=np.zeros(192, np.float32), prompt_text_token=np.zeros(0, np.int32))
+
+    def register(index: int) -> None:
+        frontend.extract_voice(prompts[index % len(prompts)], 16000, "Hello.")
+
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the threads trade the interpreter as often as it allows
+    try:
+        with patch.object(frontend.voices, "extract", extracted), \
+                patch("deployments.frontend.PROMPT_FEATURE_CACHE_ENTRIES", 2), ThreadPoolExecutor(8) as pool:
+            list(pool.map(register, range(4000)))
+    finally:
+        sys.setswitchinterval(switch_interval)
+    assert len(frontend.prompt_features) == 2
