@@ -74,9 +74,12 @@ class CoreBudget:
             file.write(" ".join(f"{pid}:{threads}" + (":urgent" if urgent else "")
                                 for pid, (threads, urgent) in grants.items()))
 
-    def acquire(self, limit: int | None = None, urgent: bool = False) -> int:
-        """Take the cores the others leave free (at least one, at most `limit`)."""
+    def acquire(self, limit: int | None = None, urgent: bool = False, yields: bool = False) -> int | None:
+        """Take the cores the others leave free (at least one, at most `limit`); with `yields`,
+        take nothing and return None while another process runs an urgent pass."""
         with self._table() as grants:
+            if yields and self._urgent_among_others(grants):
+                return None
             taken = sum(threads for pid, (threads, _) in grants.items() if pid != self.pid)
             threads = max(1, min(self.cores - taken, limit or self.cores))
             grants[self.pid] = threads, urgent
@@ -85,12 +88,10 @@ class CoreBudget:
     def urgent_elsewhere(self) -> bool:
         """Whether another process is running an urgent pass."""
         with self._table() as grants:
-            return any(urgent for pid, (_, urgent) in grants.items() if pid != self.pid)
+            return self._urgent_among_others(grants)
 
-    def yield_to_urgent(self) -> None:
-        """Wait until no other process runs an urgent pass (they end: each is one flow chunk)."""
-        while self.urgent_elsewhere():
-            time.sleep(URGENT_POLL_S)
+    def _urgent_among_others(self, grants: dict[int, tuple[int, bool]]) -> bool:
+        return any(urgent for pid, (_, urgent) in grants.items() if pid != self.pid)
 
     def release(self) -> None:
         with self._table() as grants:
@@ -99,12 +100,12 @@ class CoreBudget:
     @contextlib.contextmanager
     def forward(self, limit: int | None = None, urgent: bool = False, yields: bool = False) -> Iterator[int]:
         """One forward pass; `urgent`: a listener is waiting on it; `yields`: it starts only once
-        no other process runs an urgent pass."""
-        if yields:
-            self.yield_to_urgent()
+        no other process runs an urgent pass (they end: each is one flow chunk)."""
         self.in_forward, self.limit, self.urgent = True, limit, urgent
         try:
-            yield self._take()
+            while (threads := self.acquire(limit, urgent, yields)) is None:
+                time.sleep(URGENT_POLL_S)
+            yield self._use(threads)
         finally:
             self.in_forward = self.urgent = False
             self.release()
@@ -117,7 +118,10 @@ class CoreBudget:
         return self._take() if self.in_forward else torch.get_num_threads()
 
     def _take(self) -> int:
-        threads = self.acquire(self.limit, self.urgent)
+        return self._use(self.acquire(self.limit, self.urgent))  # type: ignore[arg-type]  # None only if it yields
+
+    @staticmethod
+    def _use(threads: int) -> int:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         return threads

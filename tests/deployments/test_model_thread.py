@@ -67,27 +67,13 @@ def test_a_failing_pass_fails_its_caller_and_the_thread_serves_on() -> None:
     assert asyncio.run(scenario()) == 7
 
 
-def test_an_urgent_pass_is_urgent_in_the_nodes_core_budget() -> None:
+def test_an_urgent_pass_is_urgent_in_the_nodes_core_budget(budgets) -> None:
     """So the node's LLM waits while it runs (`CoreBudget.forward(yields=True)`)."""
-    import os
-    import uuid
-
-    import torch
-
-    from deployments.core_budget import CoreBudget
-
-    name = f"test-{uuid.uuid4().hex}"
-    flow, llm = CoreBudget(name, cores=2), CoreBudget(name, cores=2)
-    llm.pid = os.getppid()  # stands for the LLM's replica, another process
+    flow, llm = budgets  # the second stands for the LLM's replica, another process
 
     async def scenario() -> list[bool]:
         worker = ModelThread(flow)
         seen = [await worker.run(llm.urgent_elsewhere, urgent=True), await worker.run(llm.urgent_elsewhere)]
         return seen + [llm.urgent_elsewhere()]
 
-    threads = torch.get_num_threads()
-    try:
-        assert asyncio.run(scenario()) == [True, False, False]
-    finally:
-        torch.set_num_threads(threads)
-        flow.path.unlink(missing_ok=True)
+    assert asyncio.run(scenario()) == [True, False, False]
